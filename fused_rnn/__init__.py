@@ -1,0 +1,17 @@
+"""fused_rnn: fused kernels for recurrent networks and encoder-decoder attention, behind
+drop-in replacements for torch.nn's modules."""
+
+from . import functional
+from .backends import (BackendError, available_backends, backend_report, current_backend,
+                       set_backend, use_backend)
+from .convert import convert
+from .modules import (GRU, LSTM, RNN, AdditiveAttention, GRUCell, LSTMCell, LuongAttention,
+                      RNNCell)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "AdditiveAttention",
+    "LuongAttention", "functional", "convert", "set_backend", "use_backend",
+    "available_backends", "backend_report", "current_backend", "BackendError",
+]

@@ -1,0 +1,234 @@
+"""Backends: what each one supports, why it refuses, and which one runs a call.
+
+Every backend declares the devices, dtypes and sizes it handles and explains a refusal in
+words (`not_supported_reasons`). Selection order for one call:
+
+1. the innermost ``use_backend(name)`` context,
+2. else ``set_backend(name)``,
+3. else the ``FUSED_RNN_BACKEND`` environment variable (read once, at import),
+4. else ``"auto"``: the highest-priority backend that is available and supports the call.
+
+A forced backend that cannot run the call raises :class:`BackendError` with its reasons;
+``auto`` that passes over a faster backend because it is missing (not built, no Triton)
+warns once, then uses the next one. It never falls back silently to a wrong answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import importlib
+import os
+import warnings
+from typing import Callable, Iterator, Optional
+
+import torch
+
+AUTO = "auto"
+OPS = ("recurrence", "attention")
+
+
+class BackendError(RuntimeError):
+    """No backend (or not the forced one) can run this call; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCall:
+    """What a backend needs to know to accept or refuse one call of an op.
+
+    ``sizes`` holds the op's named sizes, e.g. ``{"hidden_size": 256, "batch": 64}``.
+    """
+
+    op: str
+    device: torch.device
+    dtype: torch.dtype
+    sizes: dict = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        return f"{self.op} on {self.device.type} {str(self.dtype).replace('torch.', '')} ({sizes})"
+
+
+@dataclasses.dataclass
+class Backend:
+    """One implementation of the ops.
+
+    ``modules`` maps an op name to the module holding its launchers (``_fwd``/``_bwd``),
+    imported on first use so that a backend costs nothing until it runs.
+    ``tolerances`` maps a dtype to ``(rtol, atol)`` against an fp64 reference, read by the
+    tests. ``availability`` returns ``None`` when the backend can run on this machine, or
+    the reason it cannot (e.g. the extension was not built).
+    """
+
+    name: str
+    priority: int
+    modules: dict
+    device_types: frozenset
+    dtypes: frozenset
+    tolerances: dict
+    availability: Callable[[], Optional[str]] = lambda: None
+    extra_reasons: Callable[[OpCall], list] = lambda call: []
+    build_hint: str = ""
+
+    def unavailable_reason(self) -> Optional[str]:
+        return self.availability()
+
+    def not_supported_reasons(self, call: OpCall) -> list:
+        """Readable reasons why this backend cannot run ``call``; empty when it can."""
+        reasons = []
+        missing = self.unavailable_reason()
+        if missing:
+            reasons.append(missing)
+        if call.op not in self.modules:
+            reasons.append(f"has no {call.op} op")
+        if call.device.type not in self.device_types:
+            reasons.append(
+                f"runs on {'/'.join(sorted(self.device_types))} tensors, got {call.device.type}"
+            )
+        if call.dtype not in self.dtypes:
+            names = ", ".join(sorted(str(d).replace("torch.", "") for d in self.dtypes))
+            reasons.append(f"supports dtypes {names}, got {str(call.dtype).replace('torch.', '')}")
+        if not reasons:
+            reasons.extend(self.extra_reasons(call))
+        return reasons
+
+    def ops(self, op: str):
+        return importlib.import_module(self.modules[op])
+
+
+_REGISTRY: dict = {}
+_global_choice: Optional[str] = None
+_context_choice: contextvars.ContextVar = contextvars.ContextVar("fused_rnn_backend", default=None)
+_warned: set = set()
+
+
+def register_backend(backend: Backend) -> Backend:
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    _check_name(name, allow_auto=False)
+    return _REGISTRY[name]
+
+
+def backend_names() -> list:
+    """Every registered backend, best first, available or not."""
+    return [b.name for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority)]
+
+
+def available_backends() -> list:
+    """Names of the backends that can run on this machine, best first."""
+    return [n for n in backend_names() if _REGISTRY[n].unavailable_reason() is None]
+
+
+def backend_report() -> dict:
+    """``{name: "available" | reason}`` for every registered backend."""
+    return {n: _REGISTRY[n].unavailable_reason() or "available" for n in backend_names()}
+
+
+def _check_name(name, allow_auto: bool = True) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, got {type(name).__name__}")
+    if name == AUTO and allow_auto:
+        return
+    if name not in _REGISTRY:
+        known = ", ".join([AUTO] * allow_auto + backend_names())
+        raise ValueError(f"unknown fused_rnn backend {name!r}; expected one of: {known}")
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Force ``name`` for every later call (``"auto"`` or ``None`` restores the default)."""
+    global _global_choice
+    if name is not None:
+        _check_name(name)
+    _global_choice = None if name in (None, AUTO) else name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the calls inside the ``with`` block on backend ``name`` (or ``"auto"``)."""
+    _check_name(name)
+    token = _context_choice.set(name)
+    try:
+        yield
+    finally:
+        _context_choice.reset(token)
+
+
+def current_backend() -> str:
+    """The name that selection starts from: a forced backend or ``"auto"``."""
+    return _context_choice.get() or _global_choice or _ENV_CHOICE or AUTO
+
+
+def select(call: OpCall) -> Backend:
+    """The backend that runs ``call``, or :class:`BackendError` explaining why none can."""
+    choice = current_backend()
+    if choice != AUTO:
+        _check_name(choice, allow_auto=False)
+        backend = _REGISTRY[choice]
+        reasons = backend.not_supported_reasons(call)
+        if reasons:
+            raise BackendError(
+                f"fused_rnn backend {choice!r} was forced but cannot run {call.describe()}: "
+                + "; ".join(reasons)
+            )
+        return backend
+    refusals = []
+    for name in backend_names():
+        backend = _REGISTRY[name]
+        reasons = backend.not_supported_reasons(call)
+        if not reasons:
+            return backend
+        refusals.append(f"{name}: " + "; ".join(reasons))
+        _warn_if_skipped_for_missing(backend, call)
+    raise BackendError(f"no fused_rnn backend can run {call.describe()}:\n  " + "\n  ".join(refusals))
+
+
+def _warn_if_skipped_for_missing(backend: Backend, call: OpCall) -> None:
+    """Warn once when ``backend`` would have run ``call`` but is missing on this machine."""
+    missing = backend.unavailable_reason()
+    if not missing or backend.name in _warned:
+        return
+    if call.device.type not in backend.device_types or call.dtype not in backend.dtypes:
+        return
+    _warned.add(backend.name)
+    hint = f" {backend.build_hint}" if backend.build_hint else ""
+    warnings.warn(
+        f"fused_rnn: backend {backend.name!r} is not available ({missing}); "
+        f"using a slower one instead.{hint}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+
+register_backend(
+    Backend(
+        name="reference",
+        priority=0,
+        modules={
+            "recurrence": "fused_rnn.ops.recurrence.reference",
+            "attention": "fused_rnn.ops.attention.reference",
+        },
+        device_types=frozenset({"cpu", "cuda"}),
+        dtypes=_FLOATS,
+        tolerances={
+            torch.float64: (1e-7, 1e-9),
+            torch.float32: (1e-4, 1e-5),
+            torch.bfloat16: (2e-2, 2e-2),
+            torch.float16: (5e-3, 5e-3),
+        },
+    )
+)
+
+_ENV_CHOICE = os.environ.get("FUSED_RNN_BACKEND", "").strip() or None
+if _ENV_CHOICE is not None and _ENV_CHOICE != AUTO and _ENV_CHOICE not in _REGISTRY:
+    # Not an import error: the package must import; the first call raises with the names.
+    warnings.warn(
+        f"FUSED_RNN_BACKEND={_ENV_CHOICE!r} names no fused_rnn backend "
+        f"(known: {', '.join(backend_names())}); calls will raise until it is fixed",
+        RuntimeWarning,
+    )

@@ -1,0 +1,235 @@
+"""Functional entry points: argument checks, then layers and directions stacked over the
+per-layer autograd Function on the selected backend.
+
+Shapes use T (steps), B (batch), I (input size), H (hidden size), P (``proj_size`` if
+> 0, else H), L (layers), D (directions: 2 if bidirectional, else 1).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import backends
+from .ops.attention.checks import check_attention_args
+from .ops.recurrence.cells import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights, split_flat_weights
+from .ops.recurrence.checks import (check_float_tensor, check_like, check_shape,
+                                    normalize_lengths, shape_str)
+from .ops.recurrence.function import recurrence_layer
+
+
+def _recurrence_ops(mode: str, x: torch.Tensor, w: LayerWeights):
+    sizes = {"mode": mode, "batch": x.shape[1], "input_size": w.w_ih.shape[1],
+             "hidden_size": w.w_ih.shape[0] // GATES[mode],
+             "proj_size": 0 if w.w_hr is None else w.w_hr.shape[0]}
+    return backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
+
+
+def _check_weights(layers, x: torch.Tensor, mode: str) -> None:
+    for li, dirs in enumerate(layers):
+        for d, w in enumerate(dirs):
+            for field, t in zip(LayerWeights._fields, w):
+                if t is not None:
+                    name = f"weights[layer {li}{', reverse' if d else ''}].{field}"
+                    check_float_tensor(name, t)
+                    check_like(name, t, "input", x)
+    w0 = layers[0][0]
+    if x.shape[-1] != w0.w_ih.shape[1]:
+        raise ValueError(
+            f"input.size(-1) must be equal to input_size: expected {w0.w_ih.shape[1]}, "
+            f"got {x.shape[-1]} (input shape {shape_str(x.shape)})"
+        )
+    if w0.w_hr is not None and mode != LSTM:
+        raise ValueError(f"proj_size > 0 is only supported for LSTM, not {mode}")
+
+
+def _initial_state(mode, hx, layers, x):
+    """Checked ``(h0 [L*D, B, P], c0 [L*D, B, H] or None)``, zeros when ``hx`` is None."""
+    num = len(layers) * len(layers[0])
+    w0 = layers[0][0]
+    H = w0.w_ih.shape[0] // GATES[mode]
+    P = H if w0.w_hr is None else w0.w_hr.shape[0]
+    B = x.shape[1]
+    if hx is None:
+        h0 = x.new_zeros(num, B, P)
+        return h0, (x.new_zeros(num, B, H) if mode == LSTM else None)
+    if mode == LSTM:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx for LSTM must be a tuple (h_0, c_0) of two tensors, "
+                            f"got {type(hx).__name__}")
+        h0, c0 = hx
+    else:
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"hx for {mode} must be a single tensor h_0, got a {type(hx).__name__}")
+        h0, c0 = hx, None
+    check_float_tensor("hx[0] (h_0)" if mode == LSTM else "hx (h_0)", h0)
+    check_like("h_0", h0, "input", x)
+    check_shape("h_0", h0, (num, B, P), "(num_layers * num_directions, batch, "
+                + ("proj_size)" if P != H else "hidden_size)"))
+    if mode == LSTM:
+        check_float_tensor("hx[1] (c_0)", c0)
+        check_like("c_0", c0, "input", x)
+        check_shape("c_0", c0, (num, B, H), "(num_layers * num_directions, batch, hidden_size)")
+    return h0, c0
+
+
+def recurrence(mode: str, input: torch.Tensor, hx, weights, *, num_layers: int = 1,
+               bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+               training: bool = False, bidirectional: bool = False, lengths=None):
+    """Multi-layer LSTM/GRU/RNN over padded input, the common body of :func:`lstm`,
+    :func:`gru` and :func:`rnn`.
+
+    ``mode`` is ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``; ``weights`` is a
+    module's ``_flat_weights`` (per layer, per direction: ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``).
+    ``lengths`` [B] (ints in [1, T]) makes each row stop at its length: outputs past it are
+    zero and ``h_n`` is the state at its last step. Returns ``(output, h_n, c_n)``.
+    """
+    if mode not in GATES:
+        raise ValueError(f"mode must be one of {', '.join(GATES)}, got {mode!r}")
+    check_float_tensor("input", input)
+    if input.dim() != 3:
+        layout = "[B, T, input_size] (batch_first=True)" if batch_first else "[T, B, input_size]"
+        raise ValueError(f"input must be 3-D {layout}, got shape {shape_str(input.shape)}")
+    D = 2 if bidirectional else 1
+    layers = split_flat_weights(weights, num_layers, D, bias)
+    x = input.transpose(0, 1) if batch_first else input
+    _check_weights(layers, x, mode)
+    h0, c0 = _initial_state(mode, hx, layers, x)
+    lengths = normalize_lengths(lengths, x.shape[1], x.shape[0])
+    ops = _recurrence_ops(mode, x, layers[0][0])
+    h_n, c_n = [], []
+    for li, dirs in enumerate(layers):
+        outs = []
+        for d, w in enumerate(dirs):
+            k = li * D + d
+            y, h, c = recurrence_layer(ops, mode, d == 1, x, h0[k], None if c0 is None else c0[k],
+                                       w, lengths)
+            outs.append(y)
+            h_n.append(h)
+            c_n.append(c)
+        x = outs[0] if D == 1 else torch.cat(outs, -1)
+        if training and dropout > 0 and li < num_layers - 1:
+            x = F.dropout(x, dropout, training=True)
+    output = x.transpose(0, 1) if batch_first else x
+    return output, torch.stack(h_n), (torch.stack(c_n) if mode == LSTM else None)
+
+
+def lstm(input, hx, weights, *, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+         training=False, bidirectional=False, lengths=None):
+    """Multi-layer LSTM, as ``torch.nn.LSTM`` computes it, with optional per-row lengths.
+
+    input [T, B, I] ([B, T, I] if ``batch_first``); hx ``(h_0 [L*D, B, P], c_0 [L*D, B, H])``
+    or None; weights: ``torch.nn.LSTM(...)._flat_weights``. Returns
+    ``(output [T, B, D*P], (h_n [L*D, B, P], c_n [L*D, B, H]))``.
+
+    >>> m = torch.nn.LSTM(8, 16)
+    >>> out, (h, c) = lstm(torch.randn(5, 3, 8), None, m._flat_weights, lengths=[5, 2, 4])
+    """
+    out, h, c = recurrence(LSTM, input, hx, weights, num_layers=num_layers, bias=bias,
+                           batch_first=batch_first, dropout=dropout, training=training,
+                           bidirectional=bidirectional, lengths=lengths)
+    return out, (h, c)
+
+
+def gru(input, hx, weights, *, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        training=False, bidirectional=False, lengths=None):
+    """Multi-layer GRU as ``torch.nn.GRU``; arguments as :func:`lstm`, ``hx`` is
+    ``h_0 [L*D, B, H]``. Returns ``(output [T, B, D*H], h_n [L*D, B, H])``."""
+    out, h, _ = recurrence(GRU, input, hx, weights, num_layers=num_layers, bias=bias,
+                           batch_first=batch_first, dropout=dropout, training=training,
+                           bidirectional=bidirectional, lengths=lengths)
+    return out, h
+
+
+def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, batch_first=False,
+        dropout=0.0, training=False, bidirectional=False, lengths=None):
+    """Multi-layer Elman RNN (``nonlinearity`` "tanh" or "relu") as ``torch.nn.RNN``;
+    arguments and result as :func:`gru`."""
+    modes = {"tanh": RNN_TANH, "relu": RNN_RELU}
+    if nonlinearity not in modes:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    out, h, _ = recurrence(modes[nonlinearity], input, hx, weights, num_layers=num_layers,
+                           bias=bias, batch_first=batch_first, dropout=dropout,
+                           training=training, bidirectional=bidirectional, lengths=lengths)
+    return out, h
+
+
+def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One step of a cell, as ``torch.nn.LSTMCell/GRUCell/RNNCell`` compute it.
+
+    input [B, I] or unbatched [I]; hx: ``(h [B, H], c [B, H])`` for LSTM, ``h [B, H]``
+    otherwise, or None for zeros. Returns ``(h', c')`` for LSTM, else ``h'``.
+    """
+    check_float_tensor("input", input)
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{mode} cell: input must be 1-D [input_size] or 2-D [batch, "
+                         f"input_size], got shape {shape_str(input.shape)}")
+    unbatched = input.dim() == 1
+    x = input.reshape(1, 1, -1) if unbatched else input.unsqueeze(0)
+    if hx is not None:
+        if mode == LSTM and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError("hx for LSTMCell must be a tuple (h, c) of two tensors")
+        parts = tuple(hx) if mode == LSTM else (hx,)
+        H = w_hh.shape[1]
+        expected = (H,) if unbatched else (input.shape[0], H)
+        for name, p in zip(("hx[0] (h)", "hx[1] (c)") if mode == LSTM else ("hx",), parts):
+            check_float_tensor(name, p)
+            check_shape(name, p, expected, "(hidden_size,)" if unbatched else "(batch, hidden_size)")
+        parts = tuple(p.reshape(1, 1, -1) if unbatched else p.unsqueeze(0) for p in parts)
+        hx = parts if mode == LSTM else parts[0]
+    bias = b_ih is not None
+    weights = [w_ih, w_hh] + ([b_ih, b_hh] if bias else [])
+    _, h, c = recurrence(mode, x, hx, weights, bias=bias)
+    h, c = h[0], (c[0] if c is not None else None)
+    if unbatched:
+        h, c = h[0], (c[0] if c is not None else None)
+    return (h, c) if mode == LSTM else h
+
+
+def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One LSTM step: see :func:`cell`. Returns ``(h', c')``."""
+    return cell(LSTM, input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU step: see :func:`cell`. Returns ``h'``."""
+    return cell(GRU, input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    """One Elman RNN step: see :func:`cell`. Returns ``h'``."""
+    modes = {"tanh": RNN_TANH, "relu": RNN_RELU}
+    if nonlinearity not in modes:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return cell(modes[nonlinearity], input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def attention(query, keys, values=None, *, score="dot", lengths=None, mask=None, v=None,
+              weight=None, scale=None):
+    """Encoder-decoder attention: scores, softmax over the valid keys, weighted values.
+
+    query [B, Tq, Dq] or one decoder step [B, Dq]; keys [B, Tk, Dk]; values [B, Tk, Dv]
+    (default: the keys). Valid keys: ``lengths`` [B] (ints in [0, Tk]) or ``mask``
+    [B, Tk] bool (True = attend), not both. ``score``:
+
+    - ``"dot"``: ``q . k``; ``"scaled_dot"``: ``q . k * scale`` (default ``1/sqrt(Dk)``);
+    - ``"general"``: ``(W q) . k`` with ``weight`` W [Dk, Dq];
+    - ``"additive"`` (Bahdanau): ``v . tanh(pq + pk)``, where ``query`` and ``keys`` are the
+      projected ``pq = W_q q + b`` [B, Tq, A] and ``pk = W_k k`` [B, Tk, A], ``v`` [A].
+
+    Returns ``(context [B, Tq, Dv], weights [B, Tq, Tk])`` (without the Tq axis for a 2-D
+    query). A query with no valid key gets zero weights and a zero context.
+
+    >>> ctx, w = attention(torch.randn(2, 1, 8), torch.randn(2, 5, 8), lengths=[5, 3])
+    """
+    check_float_tensor("query", query)
+    step = query.dim() == 2
+    q = query.unsqueeze(1) if step else query
+    values, valid = check_attention_args(q, keys, values, score, lengths, mask, v, weight)
+    sizes = {"score": score, "batch": q.shape[0], "query_steps": q.shape[1],
+             "key_steps": keys.shape[1], "key_size": keys.shape[-1], "value_size": values.shape[-1]}
+    backend = backends.select(backends.OpCall("attention", q.device, q.dtype, sizes))
+    context, weights = backend.ops("attention").forward(q, keys, values, valid, score, v, weight, scale)
+    return (context.squeeze(1), weights.squeeze(1)) if step else (context, weights)

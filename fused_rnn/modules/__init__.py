@@ -1,0 +1,6 @@
+from .attention import AdditiveAttention, LuongAttention
+from .cell import GRUCell, LSTMCell, RNNCell
+from .rnn import GRU, LSTM, RNN
+
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "AdditiveAttention",
+           "LuongAttention"]

@@ -1,0 +1,48 @@
+"""The autograd Function of one recurrence layer and direction.
+
+It knows nothing of the math: forward calls the backend's ``_fwd`` and saves what it
+returns, backward hands that back to the backend's ``_bwd``. The first backward of a
+fused kernel is never differentiated again (``once_differentiable``), as with cuDNN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .cells import LSTM, LayerWeights
+
+
+class RecurrenceFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ops, mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr):
+        w = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
+        need_saved = any(ctx.needs_input_grad)
+        y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
+        ctx.ops, ctx.mode, ctx.reverse, ctx.n_saved = ops, mode, reverse, len(saved)
+        ctx.save_for_backward(x, h0, c0, lengths, *w, *saved)
+        ctx.set_materialize_grads(False)
+        if mode != LSTM:
+            return y, h_n
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n=None):
+        x, h0, c0, lengths, *rest = ctx.saved_tensors
+        w, saved = LayerWeights(*rest[:5]), tuple(rest[5:])
+        if dy is None:
+            dy = torch.zeros(x.shape[:2] + (h0.shape[-1],), dtype=x.dtype, device=x.device)
+        dx, dh0, dc0, dw = ctx.ops._bwd(
+            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, saved, dy, dh_n, dc_n)
+        return (None, None, None, dx, dh0, dc0, None, *dw)
+
+
+def recurrence_layer(ops, mode, reverse, x, h0, c0, w: LayerWeights, lengths=None):
+    """One layer and direction through the backend module ``ops``.
+
+    x [T, B, I]; h0 [B, P]; c0 [B, H] for LSTM, else None; lengths [B] int64 or None.
+    Returns ``(y [T, B, P], h_n [B, P], c_n [B, H] or None)``.
+    """
+    out = RecurrenceFunction.apply(ops, mode, reverse, x, h0, c0, lengths, *w)
+    return out if mode == LSTM else (*out, None)
