@@ -1,0 +1,53 @@
+"""Test helpers shared by the tests and benchmarks: the tolerance table, input factories
+and assertions that say which tensor differs and by how much."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from . import backends
+
+
+def tolerance(backend: str, dtype: torch.dtype) -> tuple:
+    """``(rtol, atol)`` that ``backend`` declares for ``dtype``."""
+    return backends.get_backend(backend).tolerances[dtype]
+
+
+def testable_backends() -> list:
+    """Backends to parametrize tests over: those available on this machine."""
+    return backends.available_backends()
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", requires_grad=False, scale=1.0):
+    """Fresh standard-normal values (never zeros), optionally a leaf requiring grad."""
+    t = (torch.randn(*shape, dtype=torch.float64, device=device) * scale).to(dtype)
+    return t.requires_grad_(requires_grad)
+
+
+def random_lengths(batch: int, steps: int, *, sorted_desc: bool = False,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[batch] int64 lengths in [1, steps], with the full length present at least once."""
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths[torch.randint(0, batch, (1,), generator=generator)] = steps
+    return lengths.sort(descending=True).values if sorted_desc else lengths
+
+
+def assert_close(actual, expected, *, rtol: float, atol: float, name: str = "tensor") -> None:
+    """Like ``torch.testing.assert_close`` (NaN equal to NaN), naming the tensor."""
+    if actual is None or expected is None:
+        assert actual is None and expected is None, (
+            f"{name}: one side is None (actual={type(actual).__name__}, "
+            f"expected={type(expected).__name__})")
+        return
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True,
+                               check_dtype=False, msg=lambda m: f"{name}: {m}")
+
+
+def assert_all_close(actual: Sequence, expected: Sequence, names: Sequence[str], *,
+                     rtol: float, atol: float) -> None:
+    assert len(actual) == len(expected) == len(names), "mismatched lists"
+    for a, e, n in zip(actual, expected, names):
+        assert_close(a, e, rtol=rtol, atol=atol, name=n)
