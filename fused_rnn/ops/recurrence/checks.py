@@ -9,7 +9,7 @@ import torch
 
 
 def shape_str(shape) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 def check_float_tensor(name: str, t) -> None:
