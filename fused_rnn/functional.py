@@ -92,6 +92,9 @@ def recurrence(mode: str, input: torch.Tensor, hx, weights, *, num_layers: int =
     if input.dim() != 3:
         layout = "[B, T, input_size] (batch_first=True)" if batch_first else "[T, B, input_size]"
         raise ValueError(f"input must be 3-D {layout}, got shape {shape_str(input.shape)}")
+    if input.shape[1 if batch_first else 0] == 0:
+        raise ValueError("input must have at least one time step (as torch.nn requires), "
+                         f"got shape {shape_str(input.shape)}")
     D = 2 if bidirectional else 1
     layers = split_flat_weights(weights, num_layers, D, bias)
     x = input.transpose(0, 1) if batch_first else input

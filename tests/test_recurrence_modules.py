@@ -154,3 +154,13 @@ def test_lengths_make_finished_rows_keep_state_and_emit_zeros(backend):
         alone, (hb, cb) = fused(x[:L, b:b + 1])
         assert_close(padded[:L, b:b + 1], alone, rtol=1e-7, atol=1e-9, name=f"row {b} output")
         assert_close(h[:, b:b + 1], hb, rtol=1e-7, atol=1e-9, name=f"row {b} h_n")
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_empty_batch_returns_empty_outputs_as_torch(backend, mode):
+    ref, fused = make_pair(mode, torch.float32, num_layers=2, bidirectional=True)
+    x = randn(T, 0, I)
+    (r_out, r_h), (f_out, f_h) = ref(x), fused(x)
+    assert f_out.shape == r_out.shape
+    for a, e in zip(f_h if isinstance(f_h, tuple) else (f_h,), r_h if isinstance(r_h, tuple) else (r_h,)):
+        assert a.shape == e.shape
