@@ -87,3 +87,14 @@ def test_gradcheck_float64(backend, mode, reverse, lengths, proj, bias):
         return tuple(o for o in recurrence_layer(ops, mode, reverse, x, h0, c, full, lens) if o is not None)
 
     assert torch.autograd.gradcheck(f, tuple(_leaves(x, h0, c0, w)), eps=1e-6, atol=1e-7)
+
+
+def test_inference_saves_nothing_for_backward(backend):
+    """Under no_grad the forward keeps no activations: no graph, no saved tensors."""
+    x, h0, c0, w, lens = make_args(LSTM, True, 0, True)
+    ops = backends.get_backend(backend).ops("recurrence")
+    with torch.no_grad():
+        y, h_n, c_n = recurrence_layer(ops, LSTM, False, x, h0, c0, w, lens)
+    assert y.grad_fn is None and h_n.grad_fn is None
+    ry, rh, rc, _ = reference._fwd(LSTM, False, x, h0, c0, w, lens, need_saved=False)
+    assert_close(y, ry, rtol=1e-7, atol=1e-9, name="y")

@@ -17,8 +17,7 @@ class RecurrenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ops, mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr):
         w = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
-        need_saved = any(ctx.needs_input_grad)
-        y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
+        y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved=True)
         ctx.ops, ctx.mode, ctx.reverse, ctx.n_saved = ops, mode, reverse, len(saved)
         ctx.save_for_backward(x, h0, c0, lengths, *w, *saved)
         ctx.set_materialize_grads(False)
@@ -44,5 +43,9 @@ def recurrence_layer(ops, mode, reverse, x, h0, c0, w: LayerWeights, lengths=Non
     x [T, B, I]; h0 [B, P]; c0 [B, H] for LSTM, else None; lengths [B] int64 or None.
     Returns ``(y [T, B, P], h_n [B, P], c_n [B, H] or None)``.
     """
+    tensors = (x, h0, c0, *w)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        # Inference: no graph, so nothing is saved for a backward that will not come.
+        return ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved=False)[:3]
     out = RecurrenceFunction.apply(ops, mode, reverse, x, h0, c0, lengths, *w)
     return out if mode == LSTM else (*out, None)
