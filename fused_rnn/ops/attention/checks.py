@@ -17,9 +17,11 @@ def check_attention_args(query, keys, values, score, lengths, mask, v, weight):
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     check_float_tensor("query", query)
     check_float_tensor("keys", keys)
-    for name, t in (("query", query), ("keys", keys)):
-        if t.dim() != 3:
-            raise ValueError(f"{name} must be 3-D [batch, steps, features], got shape {shape_str(t.shape)}")
+    if query.dim() != 3:  # the entry point has already made a 2-D step query 3-D
+        raise ValueError("query must be 2-D [batch, features] (one step) or 3-D [batch, steps, "
+                         f"features], got shape {shape_str(query.shape)}")
+    if keys.dim() != 3:
+        raise ValueError(f"keys must be 3-D [batch, steps, features], got shape {shape_str(keys.shape)}")
     B, Tk = keys.shape[0], keys.shape[1]
     check_like("keys", keys, "query", query)
     if query.shape[0] != B:

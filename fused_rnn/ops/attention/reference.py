@@ -49,7 +49,12 @@ def masked_softmax(e: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tens
 def forward(query, keys, values, valid=None, score: str = DOT, v=None, weight=None, scale=None):
     """query [B, Tq, Dq], keys [B, Tk, Dk], values [B, Tk, Dv], valid [B, Tk] bool or None.
 
-    Returns ``(context [B, Tq, Dv], weights [B, Tq, Tk])``.
+    Returns ``(context [B, Tq, Dv], weights [B, Tq, Tk])``. A masked key or value has no
+    effect, not even a NaN or inf one (a zero weight times NaN would be NaN), as in a kernel
+    that never reads it.
     """
+    if valid is not None:
+        keep = valid.unsqueeze(-1)
+        keys, values = keys.masked_fill(~keep, 0), values.masked_fill(~keep, 0)
     w = masked_softmax(scores(query, keys, score, v, weight, scale), valid)
     return w.matmul(values), w
