@@ -230,7 +230,7 @@ def attention(query, keys, values=None, *, score="dot", lengths=None, mask=None,
     check_float_tensor("query", query)
     step = query.dim() == 2
     q = query.unsqueeze(1) if step else query
-    values, valid = check_attention_args(q, keys, values, score, lengths, mask, v, weight)
+    values, valid = check_attention_args(q, keys, values, score, lengths, mask, v, weight, scale)
     sizes = {"score": score, "batch": q.shape[0], "query_steps": q.shape[1],
              "key_steps": keys.shape[1], "key_size": keys.shape[-1], "value_size": values.shape[-1]}
     backend = backends.select(backends.OpCall("attention", q.device, q.dtype, sizes))

@@ -8,13 +8,17 @@ from typing import Optional
 import torch
 
 from ..recurrence.checks import check_float_tensor, check_like, check_shape, normalize_lengths, shape_str
-from .reference import ADDITIVE, GENERAL, SCORES
+from .reference import ADDITIVE, GENERAL, SCALED_DOT, SCORES
 
 
-def check_attention_args(query, keys, values, score, lengths, mask, v, weight):
+def check_attention_args(query, keys, values, score, lengths, mask, v, weight, scale=None):
     """Checked ``(values, valid [B, Tk] bool or None)``; raises on any bad argument."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    # An argument the score does not use is a mistaken call, not something to ignore.
+    for name, given, user in (("v", v, ADDITIVE), ("weight", weight, GENERAL), ("scale", scale, SCALED_DOT)):
+        if given is not None and score != user:
+            raise ValueError(f"{name} is only used by score={user!r}, got it with score={score!r}")
     check_float_tensor("query", query)
     check_float_tensor("keys", keys)
     if query.dim() != 3:  # the entry point has already made a 2-D step query 3-D
