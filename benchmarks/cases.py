@@ -1,0 +1,199 @@
+"""What the benchmarks time: shapes, modes, implementations, and one callable per row.
+
+Shared by ``benchmarks/run.py`` and ``benchmarks/test_bench_recurrence.py`` so the two can
+never time different things. Every implementation of one (cell, shape) runs on the same
+weights and the same input, and fwd+bwd uses the same fixed upstream gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+
+import fused_rnn
+
+CELLS = ("lstm", "gru")
+GATES = {"lstm": 4, "gru": 3}
+MODES = ("fwd", "fwd+bwd")
+
+# The two baselines; every fused backend adds a row named FUSED_PREFIX + backend name.
+TORCH_NN = "torch.nn"
+CELL_LOOP = "cell-loop"
+FUSED_PREFIX = "fused_rnn:"
+
+_RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+_CELL_CLASSES = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
+_FUSED_CLASSES = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """Sizes of one single-layer, unidirectional, time-major run: x [T, B, I], h [B, H]."""
+
+    T: int
+    B: int
+    I: int  # noqa: E741 (the paper name of the input size)
+    H: int
+
+    @property
+    def label(self) -> str:
+        return f"T{self.T} B{self.B} I{self.I} H{self.H}"
+
+
+# DESIGN.md's CPU target shape, and a small-batch, decoder-like one.
+SHAPES = (Shape(T=100, B=64, I=256, H=256), Shape(T=100, B=16, I=256, H=256))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark row apart from its implementation."""
+
+    cell: str
+    shape: Shape
+    mode: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.cell}-{self.shape.label.replace(' ', '-')}-{self.mode}"
+
+    def forward_flops(self) -> int:
+        """GEMM FLOPs of the forward pass: per step, the input and the recurrent projections,
+        2*B*G*H*(I+H) with G gates. Pointwise work is left out: it is a few percent."""
+        s = self.shape
+        return s.T * 2 * s.B * GATES[self.cell] * s.H * (s.I + s.H)
+
+    def flops(self) -> int:
+        """fwd+bwd adds two GEMMs per forward GEMM (gradients of the data and of the
+        weights), so it is 3x the forward."""
+        return self.forward_flops() * (3 if self.mode == "fwd+bwd" else 1)
+
+
+def all_cases(cells=CELLS, shapes=SHAPES, modes=MODES) -> list:
+    return [Case(c, s, m) for c in cells for s in shapes for m in modes]
+
+
+def implementation_names(fused_backends) -> list:
+    return [TORCH_NN, CELL_LOOP] + [FUSED_PREFIX + b for b in fused_backends]
+
+
+def fused_backend_of(implementation: str) -> Optional[str]:
+    """The fused_rnn backend an implementation name forces, or None for a baseline."""
+    if implementation.startswith(FUSED_PREFIX):
+        return implementation[len(FUSED_PREFIX):]
+    return None
+
+
+@dataclasses.dataclass
+class Workload:
+    """Everything one (cell, shape) runs on: three modules sharing one set of weights, the
+    input (a leaf that requires grad, as in training) and the upstream gradient."""
+
+    cell: str
+    shape: Shape
+    torch_rnn: torch.nn.RNNBase
+    cell_module: torch.nn.RNNCellBase
+    fused_rnn: torch.nn.RNNBase
+    x: torch.Tensor  # [T, B, I]
+    dy: torch.Tensor  # [T, B, H]
+
+    def parameters(self) -> list:
+        mods = (self.torch_rnn, self.cell_module, self.fused_rnn)
+        return [p for m in mods for p in m.parameters()]
+
+
+def build_workload(cell: str, shape: Shape, device="cpu", dtype=torch.float32,
+                   seed: int = 0) -> Workload:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # torch.nn's own initialisation of the weights
+    torch_rnn = _RNN_CLASSES[cell](shape.I, shape.H).to(device, dtype)
+    fused = _FUSED_CLASSES[cell](shape.I, shape.H).to(device, dtype)
+    fused.load_state_dict(torch_rnn.state_dict())
+    cell_module = _cell_with_weights_of(cell, torch_rnn)
+    # Drawn on the CPU from our own generator: the same numbers on every device.
+    x = torch.randn(shape.T, shape.B, shape.I, generator=gen).to(device, dtype)
+    dy = torch.randn(shape.T, shape.B, shape.H, generator=gen).to(device, dtype)
+    return Workload(cell, shape, torch_rnn, cell_module, fused, x.requires_grad_(), dy)
+
+
+def _cell_with_weights_of(cell: str, rnn: torch.nn.RNNBase) -> torch.nn.RNNCellBase:
+    """An nn.*Cell holding layer 0 of ``rnn``'s weights (same layout, other names)."""
+    module = _CELL_CLASSES[cell](rnn.input_size, rnn.hidden_size)
+    module = module.to(rnn.weight_ih_l0.device, rnn.weight_ih_l0.dtype)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(module, name).copy_(getattr(rnn, name + "_l0"))
+    return module
+
+
+def run_cell_loop(cell_module: torch.nn.RNNCellBase, x: torch.Tensor) -> torch.Tensor:
+    """The Python loop over time that users write with nn.LSTMCell/GRUCell: [T, B, H]."""
+    state = None  # the cells start from zeros, as the RNN modules do
+    outputs = []
+    for x_t in x.unbind(0):
+        state = cell_module(x_t, state)
+        outputs.append(state[0] if isinstance(state, tuple) else state)
+    return torch.stack(outputs)
+
+
+def forward_fn(workload: Workload, implementation: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x [T, B, I] -> output [T, B, H]`` for one implementation."""
+    if implementation == TORCH_NN:
+        return lambda x: workload.torch_rnn(x)[0]
+    if implementation == CELL_LOOP:
+        return lambda x: run_cell_loop(workload.cell_module, x)
+    backend = fused_backend_of(implementation)
+    if backend is None:
+        raise ValueError(f"unknown implementation {implementation!r}")
+
+    def fused_forward(x):
+        with fused_rnn.use_backend(backend):
+            return workload.fused_rnn(x)[0]
+
+    return fused_forward
+
+
+def make_runner(workload: Workload, implementation: str, mode: str) -> Callable[[], None]:
+    """A zero-argument callable that runs one timed iteration of the row."""
+    forward = forward_fn(workload, implementation)
+    if mode == "fwd":
+        def run_forward():
+            with torch.no_grad():
+                forward(workload.x)
+        return run_forward
+    if mode != "fwd+bwd":
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    params = workload.parameters()
+
+    def run_forward_backward():
+        # As zero_grad(set_to_none=True) does in training: no accumulation into old grads.
+        workload.x.grad = None
+        for p in params:
+            p.grad = None
+        forward(workload.x).backward(workload.dy)
+
+    return run_forward_backward
+
+
+def unsupported_reason(workload: Workload, implementation: str) -> Optional[str]:
+    """Why a fused backend cannot run this workload (its BackendError), or None.
+
+    Runs the forward once: the backend's own check is the only one that knows."""
+    if fused_backend_of(implementation) is None:
+        return None
+    try:
+        with torch.no_grad():
+            forward_fn(workload, implementation)(workload.x)
+    except fused_rnn.BackendError as err:
+        return str(err)
+    return None
+
+
+def max_abs_diff_vs_torch_nn(workload: Workload, implementation: str) -> float:
+    """Largest |output - torch.nn's output| on the benchmark input: a timed row must compute
+    the same thing as the baseline, or its time means nothing."""
+    with torch.no_grad():
+        expected = forward_fn(workload, TORCH_NN)(workload.x)
+        got = forward_fn(workload, implementation)(workload.x)
+    return (got.float() - expected.float()).abs().max().item()

@@ -1,0 +1,391 @@
+"""The benchmark runner: fused_rnn vs torch.nn vs the nn.*Cell loop, in one process.
+
+    python -m benchmarks.run                       # CPU, LSTM and GRU, every available backend
+    python -m benchmarks.run --device cuda --plot benchmarks/results/latest-cuda.png
+    python -m benchmarks.run --quick --cells lstm --backends reference
+
+Prints one table row per (cell, shape, mode, implementation) and writes every row, with
+the machine, versions and commit, to JSON (default benchmarks/results/latest-<device>.json).
+The GEMM ceiling is measured in the same run, before and after the rows, so the fractions
+of it are comparable across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import torch
+
+import fused_rnn
+from fused_rnn.backends import backend_names
+
+from . import cases as C
+from .measure import OtherLoad, cuda_peak_mib, gemm_gflops, saved_for_backward_mib, time_ms
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--cells", default=",".join(C.CELLS),
+                   help="comma-separated subset of: " + ", ".join(C.CELLS))
+    p.add_argument("--backends", default=None,
+                   help="comma-separated fused_rnn backends to time (default: all available)")
+    p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per row")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up runs per row (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 10)")
+    p.add_argument("--gemm-size", type=int, default=2048,
+                   help="n of the n^3 GEMM that sets the ceiling (default 2048, as in DESIGN.md)")
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="JSON path (default benchmarks/results/latest-<device>.json)")
+    p.add_argument("--plot", type=pathlib.Path, default=None,
+                   help="also draw a PNG here (needs matplotlib)")
+    args = p.parse_args(argv)
+    args.cells = _parse_cells(p, args.cells)
+    args.backends = _parse_backends(p, args.backends)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch.cuda.is_available() is False on this machine")
+    args.out = args.out or RESULTS_DIR / f"latest-{args.device}.json"
+    return args
+
+
+def _parse_cells(parser, text: str) -> list:
+    cells = [c.strip().lower() for c in text.split(",") if c.strip()]
+    unknown = [c for c in cells if c not in C.CELLS]
+    if unknown or not cells:
+        parser.error(f"--cells: expected a comma-separated subset of {', '.join(C.CELLS)}, "
+                     f"got {text!r}")
+    return cells
+
+
+def _parse_backends(parser, text: Optional[str]) -> list:
+    """Requested backends that exist and are available; a missing one is skipped with a note,
+    since "not built here" is a fact about the machine, not a mistake in the command."""
+    if text is None:
+        return fused_rnn.available_backends()
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in backend_names()]
+    if unknown:
+        parser.error(f"--backends: unknown {', '.join(unknown)}; "
+                     f"known: {', '.join(backend_names())}")
+    report = fused_rnn.backend_report()
+    for name in names:
+        if report[name] != "available":
+            print(f"note: backend {name!r} skipped: {report[name]}")
+    return [b for b in names if report[b] == "available"]
+
+
+# ---------------------------------------------------------------- environment
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict:
+    """What a reader needs to trust or reproduce the numbers."""
+    on_cuda = device.type == "cuda"
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "device_name": _device_name(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "fused_rnn": fused_rnn.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        # --no-optional-locks: never take index.lock while someone else may be committing.
+        "git_dirty": bool(_git("--no-optional-locks", "status", "--porcelain",
+                               "--untracked-files=no")),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": _cpu_count(),
+        "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "cudnn_version": torch.backends.cudnn.version() if on_cuda else None,
+        # cuDNN RNNs use TF32 in "fp32" when this is on; the GEMM ceiling (cuBLAS) does not
+        # unless the matmul flag is on too. Recorded so fp32 GPU ratios can be read right.
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if on_cuda else None,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32 if on_cuda else None,
+        "fused_rnn_backends": fused_rnn.backend_report(),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use, not the host's
+    except AttributeError:  # not on Linux
+        return os.cpu_count()
+
+
+def _triton_version() -> Optional[str]:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def _git(*args) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+# ---------------------------------------------------------------- measuring rows
+
+def measure_row(case: C.Case, workload: C.Workload, implementation: str,
+                device: torch.device, args) -> dict:
+    row = {
+        "cell": case.cell, "T": case.shape.T, "B": case.shape.B, "I": case.shape.I,
+        "H": case.shape.H, "mode": case.mode, "implementation": implementation,
+        "backend": C.fused_backend_of(implementation), "flops": case.flops(),
+    }
+    reason = C.unsupported_reason(workload, implementation)
+    if reason:
+        return {**row, "skipped": reason}
+    runner = C.make_runner(workload, implementation, case.mode)
+    timing = time_ms(runner, device, args.warmup, args.repeats)
+    row.update(
+        median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
+        times_ms=timing.times_ms, warmup=args.warmup, repeats=args.repeats,
+        us_per_step=timing.median_ms * 1e3 / case.shape.T,
+        gflops=case.flops() / (timing.median_ms * 1e-3) / 1e9,
+        max_abs_diff_vs_torch_nn=C.max_abs_diff_vs_torch_nn(workload, implementation),
+    )
+    if case.mode == "fwd+bwd":
+        held = [workload.x, *workload.parameters()]
+        row["saved_for_backward_mib"] = saved_for_backward_mib(runner, held)
+        row["cuda_peak_mib"] = cuda_peak_mib(runner, device)
+    return row
+
+
+def add_ratios(rows: list, gemm_rate_gflops: float) -> None:
+    """Each row's time over torch.nn's and the cell loop's for the same case (lower is
+    faster), and its FLOP rate over the GEMM ceiling."""
+    baselines = {}
+    for r in rows:
+        if r["implementation"] in (C.TORCH_NN, C.CELL_LOOP) and "median_ms" in r:
+            baselines[(_case_key(r), r["implementation"])] = r["median_ms"]
+    for r in rows:
+        if "median_ms" not in r:
+            continue
+        for name, key in ((C.TORCH_NN, "vs_torch_nn"), (C.CELL_LOOP, "vs_cell_loop")):
+            base = baselines.get((_case_key(r), name))
+            r[key] = r["median_ms"] / base if base else None
+        r["fraction_of_gemm"] = r["gflops"] / gemm_rate_gflops
+
+
+ROW_TAGS = ("device", "device_name", "dtype", "torch", "triton", "git_commit", "date_utc")
+
+
+def tag_rows(rows: list, meta: dict) -> None:
+    """Copy the machine, versions and commit into every row, so a row keeps its context
+    when rows from several result files are put together."""
+    for r in rows:
+        r.update({k: meta[k] for k in ROW_TAGS})
+
+
+def _case_key(row: dict) -> tuple:
+    return row["cell"], row["T"], row["B"], row["I"], row["H"], row["mode"]
+
+
+def measure_all(args, device: torch.device, dtype: torch.dtype) -> list:
+    implementations = C.implementation_names(args.backends)
+    rows = []
+    for cell in args.cells:
+        for shape in C.SHAPES:
+            workload = C.build_workload(cell, shape, device, dtype)
+            for mode in C.MODES:
+                case = C.Case(cell, shape, mode)
+                for implementation in implementations:
+                    row = measure_row(case, workload, implementation, device, args)
+                    rows.append(row)
+                    _print_progress(row)
+    return rows
+
+
+def _print_progress(row: dict) -> None:
+    what = f"{row['cell']} T{row['T']} B{row['B']} {row['mode']:7} {row['implementation']}"
+    done = "skipped" if "skipped" in row else f"{row['median_ms']:.1f} ms"
+    print(f"  {what}: {done}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- output
+
+COLUMNS = (  # (header, width, row -> text)
+    ("cell", 4, lambda r: r["cell"]),
+    ("shape", 20, lambda r: f"T{r['T']} B{r['B']} I{r['I']} H{r['H']}"),
+    ("mode", 7, lambda r: r["mode"]),
+    ("implementation", 20, lambda r: r["implementation"]),
+    ("median ms", 9, lambda r: f"{r['median_ms']:.2f}"),
+    ("min ms", 8, lambda r: f"{r['min_ms']:.2f}"),
+    ("max ms", 8, lambda r: f"{r['max_ms']:.2f}"),
+    ("us/step", 8, lambda r: f"{r['us_per_step']:.1f}"),
+    ("x torch.nn", 10, lambda r: _fmt(r.get("vs_torch_nn"), "{:.2f}")),
+    ("x cell loop", 11, lambda r: _fmt(r.get("vs_cell_loop"), "{:.2f}")),
+    ("% GEMM", 6, lambda r: f"{100 * r['fraction_of_gemm']:.0f}%"),
+    ("saved MiB", 9, lambda r: _fmt(r.get("saved_for_backward_mib"), "{:.1f}")),
+)
+CUDA_PEAK_COLUMN = ("peak MiB", 8, lambda r: _fmt(r.get("cuda_peak_mib"), "{:.1f}"))
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else spec.format(value)
+
+
+def table_legend(meta: dict, args) -> str:
+    gemm = meta["gemm"]
+    lines = [
+        f"{meta['device_name']} ({meta['device']}, {meta['torch_threads']} threads), "
+        f"torch {meta['torch']}, {meta['dtype']}, commit {(meta['git_commit'] or '?')[:10]}"
+        f"{' (dirty)' if meta['git_dirty'] else ''}",
+        f"GEMM ceiling: {gemm['n']}^3 {meta['dtype']} matmul, {gemm['gflops_before']:.0f} GFLOP/s "
+        f"before the rows, {gemm['gflops_after']:.0f} after; the higher is used. "
+        f"Other processes: {_fmt(meta['other_processes_cores'], '{:.2f}')} cores busy meanwhile.",
+        f"median/min/max ms: {args.repeats} timed runs after {args.warmup} warm-up runs; "
+        "us/step = median / T.",
+        "x torch.nn, x cell loop: this row's median time / theirs for the same case "
+        "(below 1 = faster).",
+        "% GEMM: GEMM FLOP rate (forward 2*B*G*H*(I+H) per step, G gates; fwd+bwd 3x) "
+        "/ the GEMM ceiling.",
+        "saved MiB (fwd+bwd): distinct tensor storages autograd saves for backward, "
+        "input and weights excluded; not an allocator peak.",
+    ]
+    if meta["device"] == "cuda":
+        lines.append("peak MiB (fwd+bwd): torch.cuda.max_memory_allocated during one "
+                     "fwd+bwd, above what was allocated before it.")
+    return "\n".join(lines)
+
+
+def format_table(rows: list, device_type: str) -> str:
+    columns = COLUMNS + ((CUDA_PEAK_COLUMN,) if device_type == "cuda" else ())
+    lines = [" | ".join(h.rjust(w) for h, w, _ in columns)]
+    lines.append("-+-".join("-" * w for _, w, _ in columns))
+    for r in rows:
+        if "skipped" in r:
+            lead = " | ".join(f(r).rjust(w) for _, w, f in columns[:4])
+            lines.append(f"{lead} | skipped: {r['skipped'].splitlines()[0]}")
+        else:
+            lines.append(" | ".join(f(r).rjust(w) for _, w, f in columns))
+    return "\n".join(lines)
+
+
+def write_json(path: pathlib.Path, meta: dict, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"metadata": meta, "rows": rows}, indent=1) + "\n")
+
+
+def plot(path: pathlib.Path, rows: list, meta: dict) -> None:
+    """One panel per mode: each implementation's time relative to torch.nn, per case."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"note: --plot {path} skipped: matplotlib is not installed")
+        return
+    matplotlib.use("Agg")  # no display on benchmark machines
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in rows if r.get("vs_torch_nn") is not None]
+    implementations = list(dict.fromkeys(r["implementation"] for r in timed))
+    color_of = {name: f"C{i}" for i, name in enumerate(implementations)}
+    fig, axes = plt.subplots(1, len(C.MODES), figsize=(6 * len(C.MODES), 0.3 * len(timed) + 2),
+                             squeeze=False)
+    for ax, mode in zip(axes[0], C.MODES):
+        mine = [r for r in timed if r["mode"] == mode]
+        labels = [f"{r['cell']} B{r['B']} H{r['H']} {r['implementation']}" for r in mine]
+        ax.barh(range(len(mine)), [r["vs_torch_nn"] for r in mine],
+                color=[color_of[r["implementation"]] for r in mine])
+        ax.set_yticks(range(len(mine)), labels, fontsize=7)
+        ax.axvline(1.0, color="k", linewidth=0.8)
+        ax.invert_yaxis()
+        ax.set_xlabel("time / torch.nn time (lower is faster)")
+        ax.set_title(mode)
+    fig.suptitle(f"{meta['device_name']}, torch {meta['torch']}, {meta['dtype']}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    started = time.perf_counter()
+    meta = environment(device, dtype)
+    other_load = OtherLoad()
+    gemm_before = gemm_gflops(args.gemm_size, device, dtype)
+    rows = measure_all(args, device, dtype)
+    # Measured again after the rows: a drop means the machine throttled or got busy.
+    gemm_after = gemm_gflops(args.gemm_size, device, dtype)
+    meta["gemm"] = {"n": args.gemm_size, "gflops_before": gemm_before, "gflops_after": gemm_after}
+    add_ratios(rows, max(gemm_before, gemm_after))
+    tag_rows(rows, meta)
+    meta["settings"] = {"warmup": args.warmup, "repeats": args.repeats,
+                        "backends": args.backends, "cells": args.cells}
+    meta["runtime_s"] = time.perf_counter() - started
+    meta["other_processes_cores"] = other_load.cores_used()
+
+    print(table_legend(meta, args))
+    print(format_table(rows, device.type))
+    _print_warnings(rows, meta, args)
+    write_json(args.out, meta, rows)
+    print(f"json: {args.out}")
+    if args.plot:
+        plot(args.plot, rows, meta)
+    print(f"total {meta['runtime_s']:.0f} s")
+    return 0
+
+
+# Beyond these, outputs differ by more than reordered fp32 (or half-precision) sums explain.
+OUTPUT_DIFF_LIMIT = {"float32": 1e-3, "bfloat16": 1e-1, "float16": 2e-2}
+
+
+def _print_warnings(rows: list, meta: dict, args) -> None:
+    other = meta["other_processes_cores"]
+    if other is not None and other > 0.1:
+        print(f"warning: other processes kept {other:.1f} cores busy during the run; "
+              "CPU timings from a busy machine are not worth keeping")
+    before, after = meta["gemm"]["gflops_before"], meta["gemm"]["gflops_after"]
+    if abs(before - after) > 0.1 * max(before, after):
+        print(f"warning: the GEMM rate moved from {before:.0f} to {after:.0f} GFLOP/s "
+              "during the run; the machine is not quiet, ratios are noisy")
+    for r in rows:
+        diff = r.get("max_abs_diff_vs_torch_nn")
+        if diff is not None and diff > OUTPUT_DIFF_LIMIT[args.dtype]:
+            print(f"warning: {r['cell']} B{r['B']} {r['implementation']} differs from torch.nn "
+                  f"by up to {diff:.2e} on the benchmark input")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""pytest-benchmark suite: the runner's cases, one test per (case, implementation).
+
+    python -m pytest benchmarks --benchmark-only                  # CPU
+    python -m pytest benchmarks --benchmark-only --bench-device cuda
+
+Each group (one case) compares torch.nn, the cell loop and every available fused_rnn
+backend. Few rounds: the reference backend is a slow Python loop, and the table with
+ratios, FLOP rates and memory is ``python -m benchmarks.run``'s job.
+"""
+
+import functools
+
+import pytest
+
+import fused_rnn
+
+from . import cases as C
+from .measure import synchronize
+
+IMPLEMENTATIONS = C.implementation_names(fused_rnn.available_backends())
+
+
+@functools.lru_cache(maxsize=None)
+def workload_for(cell: str, shape: C.Shape, device):
+    """Built once per (cell, shape, device), so every implementation times the same data."""
+    return C.build_workload(cell, shape, device)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", C.all_cases(), ids=lambda case: case.id)
+def test_recurrence(benchmark, bench_device, case, implementation):
+    workload = workload_for(case.cell, case.shape, bench_device)
+    reason = C.unsupported_reason(workload, implementation)
+    if reason:
+        pytest.skip(reason)
+    runner = C.make_runner(workload, implementation, case.mode)
+
+    def run_and_wait():
+        runner()
+        synchronize(bench_device)  # time the GPU's work, not only its launch
+
+    benchmark.group = case.id
+    benchmark.extra_info.update(flops=case.flops(), T=case.shape.T)
+    benchmark.pedantic(run_and_wait, warmup_rounds=1, rounds=3, iterations=1)
