@@ -98,7 +98,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "numpy"],
         "bench": ["pytest-benchmark>=4", "matplotlib>=3.5"],
         "triton": ["triton>=3.1"],
     },

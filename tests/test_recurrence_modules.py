@@ -74,7 +74,7 @@ def run_and_grads(module, inp, hx, leaves, upstream):
     return out, tensors, grads, upstream
 
 
-@pytest.mark.parametrize("mode,layers,bidir,bf,proj,form,dt", _grid())
+@pytest.mark.parametrize("mode,layers,bidir,bf,proj,form,dt", list(_grid()))
 def test_module_matches_torch(backend, mode, layers, bidir, bf, proj, form, dt):
     dtype = DTYPES[dt]
     rtol, atol = tolerance(backend, dtype)
