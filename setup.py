@@ -41,6 +41,17 @@ def _sources(*patterns):
                   for p in glob.glob(os.path.join(ROOT, pat)))
 
 
+def _openmp_flags():
+    """at::parallel_for is an inline `#pragma omp parallel` in torch's headers: without
+    OpenMP it compiles to a serial loop. libgomp.so.1 then resolves to the copy torch has
+    already loaded. macOS's clang has no -fopenmp: the kernels run on one thread there."""
+    if sys.platform.startswith("linux"):
+        return ["-fopenmp"]
+    if sys.platform == "win32":
+        return ["/openmp"]
+    return []
+
+
 def _extensions():
     """(ext_modules, cmdclass) for fused_rnn._C, or ([], {}) when there is nothing to build."""
     if os.environ.get("FUSED_RNN_SKIP_BUILD", "0") == "1":
@@ -58,9 +69,9 @@ def _extensions():
         return [], {}
     cuda = _sources("csrc/bindings/*.cu", "csrc/cuda/*.cu")
     with_cuda = bool(cuda) and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3", "-std=c++17"] + _openmp_flags()
     kwargs = dict(name="fused_rnn._C", include_dirs=[os.path.join(ROOT, "csrc", "include")],
-                  extra_compile_args={"cxx": cxx})
+                  extra_compile_args={"cxx": cxx}, extra_link_args=_openmp_flags())
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FUSED_RNN_CUDA_ARCHS", "8.0;9.0"))
         kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]

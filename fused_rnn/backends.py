@@ -224,6 +224,32 @@ register_backend(
     )
 )
 
+
+def _cpu_availability() -> Optional[str]:
+    from ._native import cpu_available  # imports fused_rnn._C once, on first use
+
+    return cpu_available()
+
+
+register_backend(
+    Backend(
+        name="cpu",
+        priority=10,
+        # No native attention kernel yet: the cpu backend runs the reference one.
+        modules={"recurrence": "fused_rnn.ops.recurrence.native",
+                 "attention": "fused_rnn.ops.attention.reference"},
+        device_types=frozenset({"cpu"}),
+        dtypes=frozenset({torch.float32, torch.float64}),
+        tolerances={
+            torch.float64: (1e-7, 1e-9),
+            torch.float32: (1e-4, 1e-5),
+        },
+        availability=_cpu_availability,
+        build_hint="Build the extension with `pip install --no-build-isolation -e .` "
+                   "in the fused_rnn checkout.",
+    )
+)
+
 _ENV_CHOICE = os.environ.get("FUSED_RNN_BACKEND", "").strip() or None
 if _ENV_CHOICE is not None and _ENV_CHOICE != AUTO and _ENV_CHOICE not in _REGISTRY:
     # Not an import error: the package must import; the first call raises with the names.

@@ -1,0 +1,183 @@
+// torch.ops.fused_rnn.recurrence_forward / recurrence_backward: argument checks (every
+// message names the argument), then the CPU loops of csrc/cpu/recurrence.h.
+//
+// Importing the Python module fused_rnn._C (an empty module) loads this library, and the
+// static initialisers of TORCH_LIBRARY register the ops.
+#include "torch_library.h"
+
+#include "../cpu/kernels.h"
+#include "../cpu/recurrence.h"
+
+namespace fused_rnn {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+const char* mode_name(int64_t mode) {
+  switch (mode) {
+    case cpu::kLSTM: return "LSTM";
+    case cpu::kGRU: return "GRU";
+    case cpu::kRNN_TANH: return "RNN_TANH";
+    default: return "RNN_RELU";
+  }
+}
+
+std::string shape(const Tensor& t) { return c10::str(t.sizes()); }
+
+// Dtype and device of `t` must match `x`'s; its shape must be `want`.
+void check_like_x(const char* name, const Tensor& t, const Tensor& x, at::IntArrayRef want) {
+  TORCH_CHECK(t.device() == x.device(), "fused_rnn: ", name, " is on ", t.device(),
+              " but x is on ", x.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fused_rnn: ", name, " has dtype ",
+              t.scalar_type(), " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(t.sizes() == want, "fused_rnn: ", name, " must have shape ", want, ", got ",
+              shape(t));
+}
+
+struct Sizes {
+  int64_t T, B, I, G, H, P;
+};
+
+// The checks shared by forward and backward; returns the sizes.
+Sizes check_common(int64_t mode, const Tensor& x, const Tensor& h0, const optional<Tensor>& c0,
+                   const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
+                   const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
+                   const optional<Tensor>& w_hr) {
+  TORCH_CHECK(mode >= cpu::kLSTM && mode <= cpu::kRNN_RELU,
+              "fused_rnn: mode must be 0 (LSTM), 1 (GRU), 2 (RNN_TANH) or 3 (RNN_RELU), got ", mode);
+  TORCH_CHECK(x.dim() == 3, "fused_rnn: x must be 3-D [T, B, I], got shape ", shape(x));
+  TORCH_CHECK(x.device().is_cpu(), "fused_rnn: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "fused_rnn: x must be float32 or float64 on the cpu backend, got ", x.scalar_type());
+  TORCH_CHECK(x.size(0) >= 1, "fused_rnn: x must have at least one step, got shape ", shape(x));
+  Sizes s;
+  s.T = x.size(0);
+  s.B = x.size(1);
+  s.I = x.size(2);
+  s.G = cpu::gate_count(mode);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % s.G == 0 && w_ih.size(1) == s.I,
+              "fused_rnn: w_ih must have shape [", s.G, " * hidden_size, ", s.I, "] for ",
+              mode_name(mode), " with input size ", s.I, ", got ", shape(w_ih));
+  s.H = w_ih.size(0) / s.G;
+  check_like_x("w_ih", w_ih, x, {s.G * s.H, s.I});
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  TORCH_CHECK(!proj || mode == cpu::kLSTM, "fused_rnn: w_hr (projection) is only for LSTM, not ",
+              mode_name(mode));
+  s.P = proj ? w_hr->size(0) : s.H;
+  if (proj) {
+    TORCH_CHECK(w_hr->dim() == 2, "fused_rnn: w_hr must be 2-D [proj_size, hidden_size], got ",
+                shape(*w_hr));
+    check_like_x("w_hr", *w_hr, x, {s.P, s.H});
+  }
+  check_like_x("w_hh", w_hh, x, {s.G * s.H, s.P});
+  const bool has_b_ih = b_ih.has_value() && b_ih->defined();
+  const bool has_b_hh = b_hh.has_value() && b_hh->defined();
+  TORCH_CHECK(has_b_ih == has_b_hh, "fused_rnn: b_ih and b_hh must be given together");
+  if (has_b_ih) {
+    check_like_x("b_ih", *b_ih, x, {s.G * s.H});
+    check_like_x("b_hh", *b_hh, x, {s.G * s.H});
+  }
+  check_like_x("h0", h0, x, {s.B, s.P});
+  const bool has_c0 = c0.has_value() && c0->defined();
+  if (mode == cpu::kLSTM) {
+    TORCH_CHECK(has_c0, "fused_rnn: c0 is required for LSTM");
+    check_like_x("c0", *c0, x, {s.B, s.H});
+  } else {
+    TORCH_CHECK(!has_c0, "fused_rnn: c0 must be None for ", mode_name(mode));
+  }
+  if (lengths.has_value() && lengths->defined()) {
+    const Tensor& L = *lengths;
+    TORCH_CHECK(L.device().is_cpu() && L.scalar_type() == at::kLong,
+                "fused_rnn: lengths must be an int64 CPU tensor, got ", L.scalar_type(), " on ",
+                L.device());
+    TORCH_CHECK(L.dim() == 1 && L.size(0) == s.B, "fused_rnn: lengths must have shape [", s.B,
+                "], got ", shape(L));
+    if (s.B > 0) {
+      const int64_t lo = L.min().item<int64_t>(), hi = L.max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi <= s.T, "fused_rnn: lengths must lie in [0, ", s.T,
+                  "], got values from ", lo, " to ", hi);
+    }
+  }
+  for (const Tensor* w : {&w_ih, &w_hh}) {
+    TORCH_CHECK(w->is_contiguous() || w->t().is_contiguous(),
+                "fused_rnn: weights must be contiguous or transposed-contiguous");
+  }
+  return s;
+}
+
+Tensor get(const optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_forward(
+    int64_t mode, bool reverse, const Tensor& x, const Tensor& h0, const optional<Tensor>& c0,
+    const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
+    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
+    bool need_saved) {
+  check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
+  return cpu::recurrence_forward(mode, reverse, x, h0, get(c0), get(lengths), w_ih.contiguous(),
+                                 w_hh.contiguous(), get(b_ih), get(b_hh),
+                                 w_hr.has_value() && w_hr->defined() ? w_hr->contiguous() : Tensor(),
+                                 need_saved);
+}
+
+std::vector<Tensor> recurrence_backward(
+    int64_t mode, bool reverse, const Tensor& x, const Tensor& h0, const optional<Tensor>& c0,
+    const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
+    const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
+    at::TensorList saved, const Tensor& dy, const optional<Tensor>& dh_n,
+    const optional<Tensor>& dc_n) {
+  const Sizes s = check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const size_t want = (cpu::act_count(mode) ? 1 : 0) + 1 + (mode == cpu::kLSTM ? 1 : 0) + proj;
+  TORCH_CHECK(saved.size() == want, "fused_rnn: saved must hold the ", want,
+              " tensors recurrence_forward returned for ", mode_name(mode), ", got ", saved.size());
+  size_t n = 0;
+  if (cpu::act_count(mode)) {
+    check_like_x("saved[acts]", saved[n++], x, {s.T, s.B, cpu::act_count(mode) * s.H});
+  }
+  check_like_x("saved[hs]", saved[n++], x, {s.T + 1, s.B, s.P});
+  if (mode == cpu::kLSTM) check_like_x("saved[cs]", saved[n++], x, {s.T + 1, s.B, s.H});
+  if (proj) check_like_x("saved[y_pre]", saved[n++], x, {s.T, s.B, s.H});
+  for (const Tensor& t : saved) {
+    TORCH_CHECK(t.is_contiguous(), "fused_rnn: saved tensors must be contiguous");
+  }
+  check_like_x("dy", dy, x, {s.T, s.B, s.P});
+  if (dh_n.has_value() && dh_n->defined()) check_like_x("dh_n", *dh_n, x, {s.B, s.P});
+  if (dc_n.has_value() && dc_n->defined()) {
+    TORCH_CHECK(mode == cpu::kLSTM, "fused_rnn: dc_n must be None for ", mode_name(mode));
+    check_like_x("dc_n", *dc_n, x, {s.B, s.H});
+  }
+  return cpu::recurrence_backward(mode, reverse, x, h0, get(c0), get(lengths), w_ih.contiguous(),
+                                  w_hh.contiguous(), get(b_ih), get(b_hh),
+                                  proj ? w_hr->contiguous() : Tensor(), saved.vec(), dy,
+                                  get(dh_n), get(dc_n));
+}
+
+std::string capability() { return cpu::kernel_capability(); }
+
+}  // namespace
+}  // namespace fused_rnn
+
+TORCH_LIBRARY(fused_rnn, m) {
+  m.def(
+      "recurrence_forward(int mode, bool reverse, Tensor x, Tensor h0, Tensor? c0, "
+      "Tensor? lengths, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
+      "bool need_saved) -> (Tensor, Tensor, Tensor, Tensor[])");
+  m.def(
+      "recurrence_backward(int mode, bool reverse, Tensor x, Tensor h0, Tensor? c0, "
+      "Tensor? lengths, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
+      "Tensor[] saved, Tensor dy, Tensor? dh_n, Tensor? dc_n) -> Tensor[]");
+  m.def("cpu_capability() -> str", &fused_rnn::capability);
+}
+
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
+  m.impl("recurrence_forward", &fused_rnn::recurrence_forward);
+  m.impl("recurrence_backward", &fused_rnn::recurrence_backward);
+}
+
+// fused_rnn._C: an empty Python module; importing it registers the ops above.
+static struct PyModuleDef fused_rnn_c_module = {PyModuleDef_HEAD_INIT, "_C",
+                                                "fused_rnn's compiled ops (torch.ops.fused_rnn)",
+                                                -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&fused_rnn_c_module); }

@@ -1,0 +1,9 @@
+// Third-party headers seen as system headers: their own warnings under -Wall, -std=c++17
+// and GCC 12 (`#pragma unroll`, C++20 bit-field initialisers, -Wpsabi notes) are not ours,
+// and GCC 12 cannot silence -Wunknown-pragmas with a diagnostic pragma.
+#pragma once
+#pragma GCC system_header
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Optional.h>

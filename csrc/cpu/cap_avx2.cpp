@@ -1,0 +1,29 @@
+// The pointwise kernels compiled for AVX2 + FMA (chosen at run time when the CPU has them).
+// The target is set for this file only, before any include, the way ATen builds its own
+// per-capability kernels; only header-only vector code is included here.
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+// The pragma does not define the feature macros that sleef.h and ATen test.
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#define FUSED_RNN_CAP_NS cap_avx2
+#include "kernels_impl.h"
+#else
+#include "kernels.h"
+namespace fused_rnn { namespace cpu { namespace cap_avx2 {
+const Kernels<float>& kernels_f32() { return cap_default::kernels_f32(); }
+const Kernels<double>& kernels_f64() { return cap_default::kernels_f64(); }
+}}}  // namespace fused_rnn::cpu::cap_avx2
+#endif

@@ -1,0 +1,44 @@
+// The pointwise kernels compiled for AVX512 (F, BW, VL, DQ), chosen at run time when the
+// CPU has them. See cap_avx2.cpp.
+#if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12 flags _mm512_undefined_ps inside its own intrinsics as (maybe-)uninitialized (false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+// The pragma does not define the feature macros that sleef.h and ATen test.
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
+#ifndef __AVX512F__
+#define __AVX512F__ 1
+#endif
+#ifndef __AVX512BW__
+#define __AVX512BW__ 1
+#endif
+#ifndef __AVX512VL__
+#define __AVX512VL__ 1
+#endif
+#ifndef __AVX512DQ__
+#define __AVX512DQ__ 1
+#endif
+#define CPU_CAPABILITY AVX512
+#define FUSED_RNN_VEC_REGS 32
+#define CPU_CAPABILITY_AVX512
+#define FUSED_RNN_CAP_NS cap_avx512
+#include "kernels_impl.h"
+#else
+#include "kernels.h"
+namespace fused_rnn { namespace cpu { namespace cap_avx512 {
+const Kernels<float>& kernels_f32() { return cap_default::kernels_f32(); }
+const Kernels<double>& kernels_f64() { return cap_default::kernels_f64(); }
+}}}  // namespace fused_rnn::cpu::cap_avx512
+#endif

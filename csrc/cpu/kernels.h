@@ -1,0 +1,157 @@
+// Fused step kernels of the recurrence (LSTM, GRU, RNN tanh/relu), forward and backward,
+// over raw pointers: no tensors, no torch. The time loops, the packing of the weights and
+// the all-steps GEMMs live in recurrence.cpp.
+//
+// A fused step is a register-blocked GEMM whose epilogue is the gate math: a tile of MR
+// batch rows x one panel of hidden units accumulates x_t W_ih^T + h W_hh^T in vector
+// registers and turns it into states at once, so no gate pre-activation goes to memory. The work of a step is split into items
+// (panel, row block), contiguous in panel order so that each thread keeps its own panels
+// of the weights in its cache across steps.
+//
+// Row b is active at loop step t when t < L_b (L_b = lengths[b], or T without lengths). Its
+// natural time position is pos(t, b): t going forward; in reverse L_b - 1 - t while active,
+// else t (each row reversed within its own length).
+//
+// The same source (kernels_impl.h) is compiled once per CPU capability (default, AVX2,
+// AVX512: cap_*.cpp) and the driver picks a table at run time.
+#pragma once
+
+#include <cstdint>
+
+namespace fused_rnn {
+namespace cpu {
+
+enum Mode : int64_t { kLSTM = 0, kGRU = 1, kRNN_TANH = 2, kRNN_RELU = 3 };
+
+inline int64_t gate_count(int64_t mode) { return mode == kLSTM ? 4 : mode == kGRU ? 3 : 1; }
+
+// Columns of the saved activations per row: LSTM i,f,g,o; GRU r,z,n,hn; RNN none (h' is kept).
+inline int64_t act_count(int64_t mode) { return mode == kLSTM || mode == kGRU ? 4 : 0; }
+
+// Sizes and lengths shared by the forward and backward steps.
+struct StepShape {
+  int64_t T;               // steps
+  int64_t B;               // batch rows
+  int64_t H;               // hidden size
+  int64_t P;               // state size: proj_size with an LSTM projection, else H
+  int64_t t;               // loop step
+  bool reverse;            // reverse direction
+  const int64_t* lengths;  // [B] row lengths in [0, T], or nullptr (all T)
+
+  int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
+  bool active(int64_t b) const { return t < length(b); }
+  int64_t pos(int64_t b) const {
+    const int64_t L = length(b);
+    return reverse && t < L ? L - 1 - t : t;
+  }
+};
+
+// How a fused step is tiled: `panels` panels of `units` hidden units (the last one padded),
+// `row_blocks` blocks of at most `rows` batch rows; items = panels * row_blocks. The packed
+// weights of a panel are [K][vectors] (see recurrence.cpp's packing).
+struct TilePlan {
+  int64_t units;
+  int64_t panels;
+  int64_t rows;
+  int64_t row_blocks;
+  int64_t gates;  // gates per panel: G in the forward, 1 in the backward
+  int64_t items() const { return panels * row_blocks; }
+};
+
+template <typename T>
+struct FwdStep {
+  StepShape s;
+  TilePlan plan;
+  const T* w;       // packed [W_ih | W_hh]: [panels, I + P, G, units]
+  const T* x;       // [T, B, I] input, natural time order
+  int64_t I;        // input size
+  const T* bias;    // [G*H] b_ih + b_hh (GRU: b_ih + [b_hr, b_hz, 0]), or nullptr
+  const T* b_hn;    // [H] GRU's b_hn (stays inside the reset product), or nullptr
+  const T* h_prev;  // [B, P] state before the step
+  T* h_new;         // [B, H] state after the step; with a projection, o*tanh(c') before W_hr
+  const T* c_prev;  // [B, H] LSTM cell before the step
+  T* c_new;         // [B, H] LSTM cell after the step
+  T* y;             // [T, B, P] output, natural time order; nullptr with a projection
+  T* acts;          // [B, A] saved activations of this step (A = act_count), or nullptr
+  bool proj;        // LSTM with projection: h_new receives o*tanh(c'), zero on inactive rows
+};
+
+// Backward step. Fused (no projection): dL/dh of the state after the step is
+// dh + da_next W_hh, the GEMM of the tile; with a projection (LSTM only) the driver
+// computes gy = (dh + dy) W_hr and the row kernel lstm_bwd_rows takes it.
+template <typename T>
+struct BwdStep {
+  StepShape s;
+  TilePlan plan;
+  const T* w;       // fused: packed W_hh [panels, K, units]
+  int64_t K;        // fused: G*H, or 0 at the last step (no later step)
+  const T* da_next; // fused: [B, G*H] hidden-side gate gradients of step t + 1
+  const T* dy;      // [T, B, P] output gradient, natural time order; nullptr with a projection
+  const T* dh;      // [B, P] part of dL/dh' that does not go through W_hh (with a projection: dh + dy)
+  const T* gy;      // [B, H] with a projection: dL/d(o*tanh(c')); else nullptr
+  const T* acts;    // [B, A] saved activations of this step
+  const T* h_prev;  // [B, P] state before the step (GRU)
+  const T* h_new;   // [B, H] state after the step (RNN)
+  const T* c_prev;  // [B, H] LSTM cell before the step
+  const T* c_new;   // [B, H] LSTM cell after the step
+  T* dc;            // [B, H] LSTM: in dL/dc', out dL/dc (in place)
+  T* da;            // [B, G*H] gate pre-activation gradients (input side), zero on inactive rows
+  T* da_h;          // [B, G*H] GRU hidden side [da_r, da_z, da_n*r]; nullptr otherwise
+  T* dh_prev;       // [B, P] the part of dL/dh that does not go through W_hh
+};
+
+// LSTM projection, forward after h' = (o*tanh(c')) W_hr^T: active rows copy h' to the
+// output; inactive rows keep h_prev and emit zeros.
+template <typename T>
+struct ProjFwdPost {
+  StepShape s;
+  const T* h_prev;  // [B, P]
+  T* h_new;         // [B, P] in: projected state; out: masked state
+  T* y;             // [T, B, P] output, natural time order
+};
+
+// LSTM projection, backward before the W_hr GEMM: g = dh + dy (active rows), kept for
+// dW_hr (zero on inactive rows).
+template <typename T>
+struct ProjBwdPre {
+  StepShape s;
+  const T* dy;  // [T, B, P] output gradient, natural time order
+  const T* dh;  // [B, P] from later steps
+  T* g;         // [B, P] dh + dy on active rows, dh on inactive rows
+  T* g_saved;   // [B, P] dh + dy on active rows, 0 on inactive rows (for dW_hr)
+};
+
+template <typename T>
+struct Kernels {
+  TilePlan (*fwd_plan)(int64_t mode, int64_t B, int64_t H);
+  TilePlan (*bwd_plan)(int64_t B, int64_t H);
+  // Fused steps over the items [i0, i1) of the plan.
+  void (*fwd)(int64_t mode, const FwdStep<T>&, int64_t i0, int64_t i1);
+  void (*bwd)(int64_t mode, const BwdStep<T>&, int64_t i0, int64_t i1);
+  // LSTM with a projection, backward, rows [b0, b1): gate gradients from gy.
+  void (*lstm_bwd_rows)(const BwdStep<T>&, int64_t b0, int64_t b1);
+  void (*proj_fwd_post)(const ProjFwdPost<T>&, int64_t b0, int64_t b1);
+  void (*proj_bwd_pre)(const ProjBwdPre<T>&, int64_t b0, int64_t b1);
+};
+
+// One table per capability (cap_default.cpp, cap_avx2.cpp, cap_avx512.cpp).
+namespace cap_default {
+const Kernels<float>& kernels_f32();
+const Kernels<double>& kernels_f64();
+}  // namespace cap_default
+namespace cap_avx2 {
+const Kernels<float>& kernels_f32();
+const Kernels<double>& kernels_f64();
+}  // namespace cap_avx2
+namespace cap_avx512 {
+const Kernels<float>& kernels_f32();
+const Kernels<double>& kernels_f64();
+}  // namespace cap_avx512
+
+// The best table this CPU runs (FUSED_RNN_CPU_CAPABILITY=default|avx2|avx512 caps it).
+template <typename T>
+const Kernels<T>& kernels();
+const char* kernel_capability();
+
+}  // namespace cpu
+}  // namespace fused_rnn

@@ -1,0 +1,492 @@
+// The fused step kernels of kernels.h, written once with at::vec::Vectorized and compiled
+// once per CPU capability: the including file defines FUSED_RNN_CAP_NS (the namespace of
+// its table) and, for AVX2/AVX512, the target and ATen's CPU_CAPABILITY macros first.
+// Only ATen's header-only vector types are used here: no tensors.
+#pragma once
+
+#ifndef FUSED_RNN_CAP_NS
+#error "define FUSED_RNN_CAP_NS before including kernels_impl.h"
+#endif
+
+#include "aten_vec.h"
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include "kernels.h"
+
+namespace fused_rnn {
+namespace cpu {
+namespace FUSED_RNN_CAP_NS {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// f(j, n): the n (<= Vec<T>::size()) elements from j; full vectors, then one partial tail.
+template <typename T, typename F>
+inline void for_vec(int64_t n, const F& f) {
+  constexpr int64_t V = Vec<T>::size();
+  int64_t j = 0;
+  for (; j + V <= n; j += V) f(j, V);
+  if (j < n) f(j, n - j);
+}
+
+template <typename T>
+inline Vec<T> ld(const T* p, int64_t j, int64_t n) {  // p: [>= j + n]
+  return n == Vec<T>::size() ? Vec<T>::loadu(p + j) : Vec<T>::loadu(p + j, n);
+}
+
+template <typename T>
+inline void st(const Vec<T>& v, T* p, int64_t j, int64_t n) {  // p: [>= j + n]
+  if (n == Vec<T>::size()) {
+    v.store(p + j);
+  } else {
+    v.store(p + j, n);
+  }
+}
+
+// x (+ bias) at column c of a gate row.
+template <typename T>
+inline Vec<T> with_bias(const T* x, const T* bias, int64_t c, int64_t n) {
+  const Vec<T> v = ld(x, c, n);
+  return bias ? v + ld(bias, c, n) : v;
+}
+
+// float: ATen's polynomial exp_u20 (a few ulp, no Sleef call), with sigmoid and tanh built on
+// it (absolute error ~1e-7, far inside fp32's tolerance); double: Sleef's 1-ulp exp and tanh.
+template <typename T>
+inline Vec<T> fast_exp(const Vec<T>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x.exp_u20();
+  } else {
+    return x.exp();
+  }
+}
+
+template <typename T>
+inline Vec<T> sigmoid(const Vec<T>& x) {
+  const Vec<T> one(T(1));
+  return one / (one + fast_exp(x.neg()));
+}
+
+template <typename T>
+inline Vec<T> tanh_(const Vec<T>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Vec<T> one(T(1)), two(T(2));
+    return two / (one + fast_exp(x * Vec<T>(T(-2)))) - one;
+  } else {
+    return x.tanh();
+  }
+}
+
+template <typename T>
+inline void copy_units(const T* src, T* dst, int64_t n) {  // src, dst: [n]
+  if (src != dst) std::memcpy(dst, src, sizeof(T) * n);
+}
+
+template <typename T>
+inline void zero_units(T* dst, int64_t n) {  // dst: [n]
+  std::memset(dst, 0, sizeof(T) * n);
+}
+
+// ---------------------------------------------------------------- register-blocked GEMM
+
+// Accumulators a tile may keep in vector registers: the rest hold the weight vectors of one
+// k and the broadcast of the left operand.
+#ifndef FUSED_RNN_VEC_REGS
+#define FUSED_RNN_VEC_REGS 16
+#endif
+
+template <int NV>
+constexpr int tile_rows() {
+  constexpr int r = (FUSED_RNN_VEC_REGS - NV - 2) / NV;
+  return r < 1 ? 1 : r > 8 ? 8 : r;
+}
+
+template <typename T, int MR, int NV>
+inline void zero_acc(Vec<T> (&acc)[MR][NV]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>(T(0));
+  }
+}
+
+// acc[r][v] += sum_k a[r][k] * w[k * NV * V + v * V + (0..V-1)].
+// a: MR row pointers, each [>= K]; w: [K, NV vectors] (one packed panel).
+template <typename T, int MR, int NV>
+inline void tile_gemm(const T* const (&a)[MR], int64_t K, const T* w, Vec<T> (&acc)[MR][NV]) {
+  constexpr int64_t V = Vec<T>::size();
+  for (int64_t k = 0; k < K; ++k) {
+    const T* wk = w + k * NV * V;
+    Vec<T> wv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) wv[v] = Vec<T>::loadu(wk + v * V);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const Vec<T> ar(a[r][k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(ar, wv[v], acc[r][v]);
+    }
+  }
+}
+
+template <int M>
+using Rows = std::integral_constant<int, M>;
+
+// f(Rows<m>{}) for the runtime m in [1, MR]: every row count of a tile is a compile-time
+// constant, so its accumulators stay in registers.
+template <int MR, typename F>
+inline void with_rows(int m, const F& f) {
+  if constexpr (MR > 1) {
+    if (m < MR) return with_rows<MR - 1>(m, f);
+  }
+  f(Rows<MR>{});
+}
+
+// f(Rows<M>{}, panel, first row) for each tile of the items [i0, i1) of a plan.
+template <int MR, typename F>
+inline void for_tiles(const TilePlan& plan, int64_t B, int64_t i0, int64_t i1, const F& f) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t q = i / plan.row_blocks, b0 = (i % plan.row_blocks) * MR;
+    with_rows<MR>(int(std::min<int64_t>(MR, B - b0)), [&](auto rows) { f(rows, q, b0); });
+  }
+}
+
+// Vectors per panel row: LSTM i,f,g,o and GRU r,z,n of one vector of units, RNN 4 vectors of
+// units; the backward 4 vectors of units. The forward GRU holds one more vector per row (the
+// input part of n, which the reset gate does not scale), so all tiles fit MR x 4 accumulators.
+constexpr int kFwdVecs[4] = {4, 3, 4, 4};  // by Mode
+constexpr int kRnnUnitVecs = 4;
+constexpr int kBwdUnitVecs = 4;
+constexpr int kTileRows = tile_rows<4>();
+
+template <typename T>
+TilePlan make_plan(int64_t B, int64_t H, int64_t unit_vecs, int64_t gates) {
+  TilePlan p;
+  p.units = unit_vecs * Vec<T>::size();
+  p.panels = (H + p.units - 1) / p.units;
+  p.rows = kTileRows;
+  p.row_blocks = (B + kTileRows - 1) / kTileRows;
+  p.gates = gates;
+  return p;
+}
+
+template <typename T>
+TilePlan fwd_plan(int64_t mode, int64_t B, int64_t H) {
+  if (mode == kLSTM || mode == kGRU) return make_plan<T>(B, H, 1, gate_count(mode));
+  return make_plan<T>(B, H, kRnnUnitVecs, 1);
+}
+
+template <typename T>
+TilePlan bwd_plan(int64_t B, int64_t H) {
+  return make_plan<T>(B, H, kBwdUnitVecs, 1);
+}
+
+// ---------------------------------------------------------------- forward
+
+// Inactive row, units [j, j + n): keep the state, emit zeros (with a projection the post
+// pass does the state and the output).
+template <typename T>
+inline void carry_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, bool lstm) {
+  const auto& s = a.s;
+  const int64_t H = s.H, P = s.P;
+  if (lstm) copy_units(a.c_prev + b * H + j, a.c_new + b * H + j, n);
+  if (a.proj) {
+    zero_units(a.h_new + b * H + j, n);  // feeds the W_hr GEMM and dW_hr: must be finite
+  } else {
+    copy_units(a.h_prev + b * P + j, a.h_new + b * H + j, n);
+    if (a.y) zero_units(a.y + (s.t * s.B + b) * P + j, n);
+  }
+}
+
+// Active row, units [j, j + n), given the gate pre-activations (without bias) pre[gate].
+template <typename T>
+inline void lstm_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>* pre) {
+  const auto& s = a.s;
+  const int64_t H = s.H;
+  const T* bias = a.bias;
+  const Vec<T> i = sigmoid(bias ? pre[0] + ld(bias, j, n) : pre[0]);
+  const Vec<T> f = sigmoid(bias ? pre[1] + ld(bias, H + j, n) : pre[1]);
+  const Vec<T> g = tanh_(bias ? pre[2] + ld(bias, 2 * H + j, n) : pre[2]);
+  const Vec<T> o = sigmoid(bias ? pre[3] + ld(bias, 3 * H + j, n) : pre[3]);
+  const Vec<T> cn = f * ld(a.c_prev + b * H, j, n) + i * g;
+  const Vec<T> h = o * tanh_(cn);
+  st(cn, a.c_new + b * H, j, n);
+  st(h, a.h_new + b * H, j, n);
+  if (a.y) st(h, a.y + (s.pos(b) * s.B + b) * H, j, n);  // P == H without a projection
+  if (a.acts) {
+    T* acts = a.acts + b * 4 * H;  // [4H]
+    st(i, acts, j, n);
+    st(f, acts, H + j, n);
+    st(g, acts, 2 * H + j, n);
+    st(o, acts, 3 * H + j, n);
+  }
+}
+
+// pre: r and z pre-activations and W_hn h (no bias); nx = W_in x.
+template <typename T>
+inline void gru_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>* pre,
+                          const Vec<T>& nx) {
+  const auto& s = a.s;
+  const int64_t H = s.H;
+  const T* bias = a.bias;
+  const Vec<T> r = sigmoid(bias ? pre[0] + ld(bias, j, n) : pre[0]);
+  const Vec<T> z = sigmoid(bias ? pre[1] + ld(bias, H + j, n) : pre[1]);
+  const Vec<T> hn = a.b_hn ? pre[2] + ld(a.b_hn, j, n) : pre[2];
+  const Vec<T> nn = tanh_((bias ? nx + ld(bias, 2 * H + j, n) : nx) + r * hn);
+  const Vec<T> hv = nn + z * (ld(a.h_prev + b * H, j, n) - nn);
+  st(hv, a.h_new + b * H, j, n);
+  if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
+  if (a.acts) {
+    T* acts = a.acts + b * 4 * H;  // [4H]
+    st(r, acts, j, n);
+    st(z, acts, H + j, n);
+    st(nn, acts, 2 * H + j, n);
+    st(hn, acts, 3 * H + j, n);
+  }
+}
+
+template <typename T>
+inline void rnn_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>& pre,
+                          bool relu) {
+  const auto& s = a.s;
+  const int64_t H = s.H;
+  const Vec<T> x = a.bias ? pre + ld(a.bias, j, n) : pre;
+  const Vec<T> hv = relu ? at::vec::clamp_min(x, Vec<T>(T(0))) : tanh_(x);
+  st(hv, a.h_new + b * H, j, n);
+  if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
+}
+
+// One step: per tile, x_t W_ih^T and h W_hh^T of the panel's units (both GEMMs of the step
+// in one pass over the packed [W_ih | W_hh] panel), then the gate math.
+template <typename T, int64_t MODE>
+void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
+  constexpr int NV = kFwdVecs[MODE];
+  constexpr int64_t V = Vec<T>::size();
+  const auto& s = a.s;
+  const int64_t I = a.I, P = s.P;
+  for_tiles<kTileRows>(a.plan, s.B, i0, i1, [&](auto rows, int64_t q, int64_t b0) {
+    constexpr int M = decltype(rows)::value;
+    const T* xr[M];
+    const T* hr[M];
+    for (int r = 0; r < M; ++r) {
+      const int64_t b = b0 + r;
+      xr[r] = a.x + (s.pos(b) * s.B + b) * I;
+      hr[r] = a.h_prev + b * P;
+    }
+    const T* wq = a.w + q * (I + P) * NV * V;  // [I + P, NV vectors]
+    Vec<T> acc[M][NV];
+    Vec<T> nx[M];
+    zero_acc(acc);
+    tile_gemm<T, M, NV>(xr, I, wq, acc);
+    if constexpr (MODE == kGRU) {
+      for (int r = 0; r < M; ++r) {
+        nx[r] = acc[r][2];
+        acc[r][2] = Vec<T>(T(0));
+      }
+    }
+    tile_gemm<T, M, NV>(hr, P, wq + I * NV * V, acc);
+    for (int r = 0; r < M; ++r) {
+      const int64_t b = b0 + r;
+      // LSTM/GRU: one vector of units, acc[gate]; RNN: NV vectors of units.
+      constexpr int uv = MODE == kLSTM || MODE == kGRU ? 1 : NV;
+      for (int u = 0; u < uv; ++u) {
+        const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, s.H - j);
+        if (n <= 0) break;
+        if (!s.active(b)) {
+          carry_units(a, b, j, n, MODE == kLSTM);
+        } else if constexpr (MODE == kLSTM) {
+          lstm_fwd_units(a, b, j, n, acc[r]);
+        } else if constexpr (MODE == kGRU) {
+          gru_fwd_units(a, b, j, n, acc[r], nx[r]);
+        } else {
+          rnn_fwd_units(a, b, j, n, acc[r][u], MODE == kRNN_RELU);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void fwd(int64_t mode, const FwdStep<T>& a, int64_t i0, int64_t i1) {
+  switch (mode) {
+    case kLSTM: return fwd_tiles<T, kLSTM>(a, i0, i1);
+    case kGRU: return fwd_tiles<T, kGRU>(a, i0, i1);
+    case kRNN_TANH: return fwd_tiles<T, kRNN_TANH>(a, i0, i1);
+    default: return fwd_tiles<T, kRNN_RELU>(a, i0, i1);
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+// Inactive row, units [j, j + n): no gate gradients; dh and dc pass through unchanged.
+template <typename T>
+inline void zero_gate_grads(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n, int64_t gates) {
+  const int64_t H = a.s.H, GH = gates * H;
+  for (int64_t g = 0; g < gates; ++g) {
+    zero_units(a.da + b * GH + g * H + j, n);
+    if (a.da_h) zero_units(a.da_h + b * GH + g * H + j, n);
+  }
+}
+
+// Active row, units [j, j + n): gate gradients from g = dL/d(o*tanh(c')); dc in place.
+template <typename T>
+inline void lstm_bwd_units(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>& g) {
+  const int64_t H = a.s.H, G = 4 * H;
+  const Vec<T> one(T(1));
+  const T* acts = a.acts + b * G;  // [4H]
+  T* dc = a.dc + b * H;            // [H]
+  T* da = a.da + b * G;            // [4H]
+  const Vec<T> i = ld(acts, j, n), f = ld(acts, H + j, n);
+  const Vec<T> gg = ld(acts, 2 * H + j, n), o = ld(acts, 3 * H + j, n);
+  const Vec<T> tc = tanh_(ld(a.c_new + b * H, j, n));
+  const Vec<T> dcv = ld(dc, j, n) + g * o * (one - tc * tc);
+  st(dcv * gg * i * (one - i), da, j, n);
+  st(dcv * ld(a.c_prev + b * H, j, n) * f * (one - f), da, H + j, n);
+  st(dcv * i * (one - gg * gg), da, 2 * H + j, n);
+  st(g * tc * o * (one - o), da, 3 * H + j, n);
+  st(dcv * f, dc, j, n);
+}
+
+// Returns the part of dL/dh that does not go through W_hh: g * z.
+template <typename T>
+inline Vec<T> gru_bwd_units(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>& g) {
+  const int64_t H = a.s.H, G = 3 * H;
+  const Vec<T> one(T(1));
+  const T* acts = a.acts + b * 4 * H;  // [4H]
+  T* da = a.da + b * G;                // [3H]
+  T* da_h = a.da_h + b * G;            // [3H]
+  const Vec<T> r = ld(acts, j, n), z = ld(acts, H + j, n);
+  const Vec<T> nn = ld(acts, 2 * H + j, n), hn = ld(acts, 3 * H + j, n);
+  const Vec<T> da_n = g * (one - z) * (one - nn * nn);
+  const Vec<T> da_r = da_n * hn * r * (one - r);
+  const Vec<T> da_z = g * (ld(a.h_prev + b * H, j, n) - nn) * z * (one - z);
+  st(da_r, da, j, n);
+  st(da_z, da, H + j, n);
+  st(da_n, da, 2 * H + j, n);
+  st(da_r, da_h, j, n);
+  st(da_z, da_h, H + j, n);
+  st(da_n * r, da_h, 2 * H + j, n);
+  return g * z;
+}
+
+template <typename T>
+inline void rnn_bwd_units(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>& g,
+                          bool relu) {
+  const int64_t H = a.s.H;
+  const Vec<T> h = ld(a.h_new + b * H, j, n), zero(T(0));
+  st(relu ? Vec<T>::blendv(zero, g, h > zero) : g * (Vec<T>(T(1)) - h * h), a.da + b * H, j, n);
+}
+
+// Fused backward (no projection, P == H): dh_in = dh + da_next W_hh for the tile's units,
+// then the gate gradients of this step from dh_in + dy.
+template <typename T>
+void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
+  constexpr int NV = kBwdUnitVecs;
+  constexpr int64_t V = Vec<T>::size();
+  const auto& s = a.s;
+  const int64_t H = s.H, G = gate_count(mode), GH = G * H;
+  const bool relu = mode == kRNN_RELU;
+  for_tiles<kTileRows>(a.plan, s.B, i0, i1, [&](auto rows, int64_t q, int64_t b0) {
+    constexpr int M = decltype(rows)::value;
+    const T* ar[M];
+    for (int r = 0; r < M; ++r) ar[r] = a.da_next + (b0 + r) * GH;
+    Vec<T> acc[M][NV];
+    zero_acc(acc);
+    tile_gemm<T, M, NV>(ar, a.K, a.w + q * a.K * NV * V, acc);
+    for (int r = 0; r < M; ++r) {
+      const int64_t b = b0 + r;
+      T* dh_prev = a.dh_prev + b * H;
+      for (int u = 0; u < NV; ++u) {
+        const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, H - j);
+        if (n <= 0) break;
+        const Vec<T> dh_in = acc[r][u] + ld(a.dh + b * H, j, n);
+        if (!s.active(b)) {
+          zero_gate_grads(a, b, j, n, G);
+          st(dh_in, dh_prev, j, n);
+          continue;
+        }
+        const Vec<T> g = dh_in + ld(a.dy + (s.pos(b) * s.B + b) * H, j, n);
+        if (mode == kLSTM) {
+          lstm_bwd_units(a, b, j, n, g);
+          st(Vec<T>(T(0)), dh_prev, j, n);
+        } else if (mode == kGRU) {
+          st(gru_bwd_units(a, b, j, n, g), dh_prev, j, n);
+        } else {
+          rnn_bwd_units(a, b, j, n, g, relu);
+          st(Vec<T>(T(0)), dh_prev, j, n);
+        }
+      }
+    }
+  });
+}
+
+// LSTM with a projection, rows [b0, b1): gate gradients from gy = (dh + dy) W_hr.
+template <typename T>
+void lstm_bwd_rows(const BwdStep<T>& a, int64_t b0, int64_t b1) {
+  const auto& s = a.s;
+  const int64_t H = s.H, P = s.P;
+  for (int64_t b = b0; b < b1; ++b) {
+    if (!s.active(b)) {
+      zero_gate_grads(a, b, 0, H, 4);
+      copy_units(a.dh + b * P, a.dh_prev + b * P, P);  // dc stays as it is (in place)
+      continue;
+    }
+    const T* gy = a.gy + b * H;  // [H]
+    for_vec<T>(H, [&](int64_t j, int64_t n) { lstm_bwd_units(a, b, j, n, ld(gy, j, n)); });
+    zero_units(a.dh_prev + b * P, P);
+  }
+}
+
+template <typename T>
+void proj_fwd_post(const ProjFwdPost<T>& a, int64_t b0, int64_t b1) {
+  const auto& s = a.s;
+  const int64_t P = s.P;
+  for (int64_t b = b0; b < b1; ++b) {
+    if (s.active(b)) {
+      copy_units(a.h_new + b * P, a.y + (s.pos(b) * s.B + b) * P, P);
+    } else {
+      copy_units(a.h_prev + b * P, a.h_new + b * P, P);
+      zero_units(a.y + (s.t * s.B + b) * P, P);
+    }
+  }
+}
+
+template <typename T>
+void proj_bwd_pre(const ProjBwdPre<T>& a, int64_t b0, int64_t b1) {
+  const auto& s = a.s;
+  const int64_t P = s.P;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* dh = a.dh + b * P;  // [P]
+    T* g = a.g + b * P;          // [P]
+    T* gs = a.g_saved + b * P;   // [P]
+    if (!s.active(b)) {
+      copy_units(dh, g, P);
+      zero_units(gs, P);
+      continue;
+    }
+    const T* dy = a.dy + (s.pos(b) * s.B + b) * P;  // [P]
+    for_vec<T>(P, [&](int64_t j, int64_t n) {
+      const Vec<T> v = ld(dh, j, n) + ld(dy, j, n);
+      st(v, g, j, n);
+      st(v, gs, j, n);
+    });
+  }
+}
+
+template <typename T>
+const Kernels<T>& table() {
+  static const Kernels<T> k{&fwd_plan<T>,      &bwd_plan<T>,      &fwd<T>, &bwd<T>,
+                            &lstm_bwd_rows<T>, &proj_fwd_post<T>, &proj_bwd_pre<T>};
+  return k;
+}
+
+const Kernels<float>& kernels_f32() { return table<float>(); }
+const Kernels<double>& kernels_f64() { return table<double>(); }
+
+}  // namespace FUSED_RNN_CAP_NS
+}  // namespace cpu
+}  // namespace fused_rnn

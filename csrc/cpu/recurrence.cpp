@@ -1,0 +1,445 @@
+// Time loops of one recurrence layer and direction on CPU (see recurrence.h).
+//
+// Forward: per step one fused kernel (kernels.h): x_t W_ih^T + h W_hh^T tile by tile in
+// registers, turned into the new state by the gate math in the tile's epilogue, tiles split
+// over threads. Backward: the reverse loop,
+// per step one fused kernel: dh = pass-through + da_h[t+1] W_hh per tile, then this step's
+// gate gradients in its epilogue; then dx, dW_ih, dW_hh, dW_hr as one GEMM each and the
+// bias gradients as one sum each, over all steps. With an LSTM projection the gate math
+// needs whole rows of dh (through W_hr), so that backward keeps a separate per-step GEMM.
+#include "recurrence.h"
+
+#include <cstdlib>
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "kernels.h"
+
+namespace fused_rnn {
+namespace cpu {
+
+namespace {
+
+// ---------------------------------------------------------------- capability dispatch
+
+enum class Cap { kDefault, kAvx2, kAvx512 };
+
+Cap detect_cap() {
+  Cap best = Cap::kDefault;
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Cap::kAvx2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    best = Cap::kAvx512;
+  }
+#endif
+  // FUSED_RNN_CPU_CAPABILITY (else ATen's ATEN_CPU_CAPABILITY) can only lower the choice.
+  const char* env = std::getenv("FUSED_RNN_CPU_CAPABILITY");
+  if (!env || !*env) env = std::getenv("ATEN_CPU_CAPABILITY");
+  if (env && *env) {
+    const std::string want(env);
+    Cap cap = best;
+    if (want == "default") cap = Cap::kDefault;
+    if (want == "avx2") cap = Cap::kAvx2;
+    if (want == "avx512") cap = Cap::kAvx512;
+    if (static_cast<int>(cap) < static_cast<int>(best)) best = cap;
+  }
+  return best;
+}
+
+Cap cap() {
+  static const Cap c = detect_cap();
+  return c;
+}
+
+}  // namespace
+
+const char* kernel_capability() {
+  switch (cap()) {
+    case Cap::kAvx512: return "avx512";
+    case Cap::kAvx2: return "avx2";
+    default: return "default";
+  }
+}
+
+template <>
+const Kernels<float>& kernels<float>() {
+  switch (cap()) {
+    case Cap::kAvx512: return cap_avx512::kernels_f32();
+    case Cap::kAvx2: return cap_avx2::kernels_f32();
+    default: return cap_default::kernels_f32();
+  }
+}
+
+template <>
+const Kernels<double>& kernels<double>() {
+  switch (cap()) {
+    case Cap::kAvx512: return cap_avx512::kernels_f64();
+    case Cap::kAvx2: return cap_avx2::kernels_f64();
+    default: return cap_default::kernels_f64();
+  }
+}
+
+namespace {
+
+// ---------------------------------------------------------------- recurrent GEMM
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fused_rnn
+
+// MKL's packed GEMM (exported by an MKL build of libtorch_cpu; weak, so a build without MKL
+// still loads and falls back to at::mm). The weight of the per-step GEMM is the same for
+// all T steps: packing it once saves re-packing it every step. LP64 ints, CBLAS enums as int.
+extern "C" {
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
+}
+
+namespace fused_rnn {
+namespace cpu {
+namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+bool mkl_packed_available() {
+  static const bool ok = cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute &&
+                         !std::getenv("FUSED_RNN_NO_MKL_PACK");
+  return ok;
+}
+
+// out [m, n] = a [m, k] @ op(w) (+ out if accumulate), op(w) = w^T ([n, k] stored) or w
+// ([k, n] stored); the same w for every call, packed once for float when MKL is there.
+template <typename T>
+class StepGemm {
+ public:
+  StepGemm(const at::Tensor& w, bool transpose, int64_t m) : w_(w), transpose_(transpose), m_(m) {
+    n_ = transpose ? w.size(0) : w.size(1);
+    k_ = transpose ? w.size(1) : w.size(0);
+    if constexpr (std::is_same_v<T, float>) {
+      if (mkl_packed_available() && m > 0 && n_ > 0 && k_ > 0 &&
+          std::max({m, n_, k_}) < (int64_t(1) << 31)) {
+        const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(m), int(n_), int(k_));
+        packed_ = at::empty({int64_t(bytes / sizeof(float) + 1)}, w.options());
+        cblas_sgemm_pack(kRowMajor, kBMatrix, transpose ? kTrans : kNoTrans, int(m), int(n_),
+                         int(k_), 1.0f, w.data_ptr<float>(), int(w.size(1)),
+                         packed_.data_ptr<float>());
+      }
+    }
+  }
+
+  // a [m, k] contiguous rows; out [m, n] contiguous.
+  void run(const at::Tensor& a, at::Tensor& out, bool accumulate) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_.defined()) {
+        cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(m_), int(n_), int(k_),
+                            a.data_ptr<float>(), int(k_), packed_.data_ptr<float>(), int(k_),
+                            accumulate ? 1.0f : 0.0f, out.data_ptr<float>(), int(n_));
+        return;
+      }
+    }
+    const at::Tensor b = transpose_ ? w_.t() : w_;
+    if (accumulate) {
+      out.addmm_(a, b);
+    } else {
+      at::mm_out(out, a, b);
+    }
+  }
+
+ private:
+  at::Tensor w_, packed_;
+  bool transpose_;
+  int64_t m_, n_ = 0, k_ = 0;
+};
+
+// ---------------------------------------------------------------- helpers
+
+// Runs f(i0, i1) over the items [0, n) of a fused step, split over threads in contiguous
+// ranges (each thread keeps its panels of the weights across steps); items too small to pay
+// for the hand-off run on one thread.
+template <typename F>
+void for_items(int64_t n, int64_t flops_per_item, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 200000 / std::max<int64_t>(1, flops_per_item));
+  at::parallel_for(0, n, grain, f);
+}
+
+int64_t item_flops(const TilePlan& p, int64_t K) { return 2 * p.rows * p.units * p.gates * std::max<int64_t>(K, 1); }
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+at::Tensor none_like(const at::Tensor& x) { return at::empty({0}, x.options()); }
+
+// Forward panels: [W_ih | W_hh] [G*H, K] -> [panels, K, G, units], hidden units zero-padded.
+at::Tensor pack_fwd(const at::Tensor& w_hh, int64_t G, const TilePlan& p) {
+  const int64_t H = w_hh.size(0) / G, K = w_hh.size(1), Hp = p.panels * p.units;
+  at::Tensor w = w_hh.view({G, H, K});
+  if (Hp > H) w = at::constant_pad_nd(w, {0, 0, 0, Hp - H});
+  return w.view({G, p.panels, p.units, K}).permute({1, 3, 0, 2}).contiguous();
+}
+
+// Backward panels: W_hh [G*H, H], the right operand of da_h W_hh -> [panels, G*H, units].
+at::Tensor pack_bwd(const at::Tensor& w_hh, const TilePlan& p) {
+  const int64_t K = w_hh.size(0), H = w_hh.size(1), Hp = p.panels * p.units;
+  at::Tensor w = Hp > H ? at::constant_pad_nd(w_hh, {0, Hp - H}) : w_hh;
+  return w.view({K, p.panels, p.units}).permute({1, 0, 2}).contiguous();
+}
+
+// Loop-order rows -> natural-order rows of a [T*B, N] buffer (reverse direction).
+at::Tensor natural_order_index(int64_t T, int64_t B, const int64_t* lengths) {
+  at::Tensor idx = at::empty({T * B}, at::TensorOptions().dtype(at::kLong));
+  int64_t* p = idx.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t) {
+    StepShape s{T, B, 0, 0, t, true, lengths};
+    for (int64_t b = 0; b < B; ++b) p[t * B + b] = s.pos(b) * B + b;  // pos is its own inverse
+  }
+  return idx;
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_impl(
+    int64_t mode, bool reverse, const at::Tensor& x_, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths_, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved) {
+  const int64_t nT = x_.size(0), B = x_.size(1), I = x_.size(2);
+  const int64_t G = gate_count(mode), GH = w_ih.size(0), H = GH / G;
+  const bool lstm = mode == kLSTM, gru = mode == kGRU;
+  const bool proj = w_hr.defined();
+  const int64_t P = proj ? w_hr.size(0) : H;
+  const auto opts = x_.options();
+  const at::Tensor x = x_.contiguous();
+  const at::Tensor lengths = lengths_.defined() ? lengths_.contiguous() : lengths_;
+  const int64_t* len = ptr<int64_t>(lengths);
+
+  // Both biases folded into one vector, added in the fused pass (GRU keeps b_hn apart,
+  // inside the reset product). An addmm would broadcast the bias over all T*B rows first.
+  at::Tensor bias, b_hn;
+  if (b_ih.defined()) {
+    if (gru) {
+      bias = b_ih.clone();
+      bias.narrow(0, 0, 2 * H).add_(b_hh.narrow(0, 0, 2 * H));
+      b_hn = b_hh.narrow(0, 2 * H, H).contiguous();
+    } else {
+      bias = b_ih + b_hh;
+    }
+  }
+  const int64_t S = need_saved ? nT + 1 : 2;  // state slots: all steps, or ping-pong
+  at::Tensor hs = at::empty({S, B, P}, opts);
+  hs[0].copy_(h0);
+  at::Tensor cs;
+  if (lstm) {
+    cs = at::empty({S, B, H}, opts);
+    cs[0].copy_(c0);
+  }
+  const int64_t A = act_count(mode);
+  const at::Tensor acts = need_saved && A ? at::empty({nT, B, A * H}, opts) : at::Tensor();
+  const at::Tensor ypre = proj ? at::empty({need_saved ? nT : 1, B, H}, opts) : at::Tensor();
+  at::Tensor y = at::empty({nT, B, P}, opts);
+  const Kernels<T>& k = kernels<T>();
+  const TilePlan plan = k.fwd_plan(mode, B, H);
+  const at::Tensor w_packed = pack_fwd(at::cat({w_ih, w_hh}, 1), G, plan);
+  const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
+
+  for (int64_t t = 0; t < nT; ++t) {
+    const int64_t sp = need_saved ? t : t % 2, sn = need_saved ? t + 1 : (t + 1) % 2;
+    const at::Tensor h_prev = hs[sp];
+    at::Tensor h_next = hs[sn];
+    at::Tensor yp = proj ? ypre[need_saved ? t : 0] : at::Tensor();
+
+    FwdStep<T> a;
+    a.s = StepShape{nT, B, H, P, t, reverse, len};
+    a.plan = plan;
+    a.w = w_packed.data_ptr<T>();
+    a.x = x.data_ptr<T>();
+    a.I = I;
+    a.bias = ptr<T>(bias);
+    a.b_hn = ptr<T>(b_hn);
+    a.h_prev = h_prev.data_ptr<T>();
+    a.h_new = proj ? yp.data_ptr<T>() : h_next.data_ptr<T>();
+    a.c_prev = lstm ? cs[sp].data_ptr<T>() : nullptr;
+    a.c_new = lstm ? cs[sn].data_ptr<T>() : nullptr;
+    a.y = proj ? nullptr : y.data_ptr<T>();
+    a.acts = acts.defined() ? acts[t].data_ptr<T>() : nullptr;
+    a.proj = proj;
+    for_items(plan.items(), item_flops(plan, I + P),
+              [&](int64_t i0, int64_t i1) { k.fwd(mode, a, i0, i1); });
+    if (proj) {
+      at::mm_out(h_next, yp, w_hr_t);
+      const ProjFwdPost<T> p{a.s, a.h_prev, h_next.data_ptr<T>(), y.data_ptr<T>()};
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { k.proj_fwd_post(p, b0, b1); });
+    }
+  }
+
+  const int64_t last = need_saved ? nT : nT % 2;
+  at::Tensor h_n = hs[last].clone();
+  at::Tensor c_n = lstm ? cs[last].clone() : none_like(x);
+  std::vector<at::Tensor> saved;
+  if (need_saved) {
+    if (A) saved.push_back(acts);
+    saved.push_back(hs);
+    if (lstm) saved.push_back(cs);
+    if (proj) saved.push_back(ypre);
+  }
+  return {y, h_n, c_n, saved};
+}
+
+// ---------------------------------------------------------------- backward
+
+// The reverse loop; fills da [T, B, GH] and da_h (GRU: its own buffer, else da itself),
+// dhs [T, B, P] (with a projection: dh + dy per step, for dW_hr); returns dh0, dc0.
+template <typename T>
+std::pair<at::Tensor, at::Tensor> backward_loop(
+    int64_t mode, const StepShape& shape, const at::Tensor& w_hh, const at::Tensor& w_hr,
+    const at::Tensor& acts, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& dy,
+    const at::Tensor& dh_n, const at::Tensor& dc_n, at::Tensor& da, at::Tensor& da_h,
+    at::Tensor& dhs) {
+  const int64_t nT = shape.T, B = shape.B, H = shape.H, P = shape.P;
+  const int64_t G = gate_count(mode), GH = G * H;
+  const bool lstm = mode == kLSTM, gru = mode == kGRU, proj = w_hr.defined();
+  const auto opts = hs.options();
+  const Kernels<T>& k = kernels<T>();
+
+  at::Tensor dh = dh_n.defined() ? dh_n.contiguous().clone() : at::zeros({B, P}, opts);
+  at::Tensor dh_next = at::empty({B, P}, opts);
+  at::Tensor dc;
+  if (lstm) dc = dc_n.defined() ? dc_n.contiguous().clone() : at::zeros({B, H}, opts);
+
+  BwdStep<T> a{};
+  a.dy = proj ? nullptr : dy.data_ptr<T>();
+  a.dc = lstm ? dc.data_ptr<T>() : nullptr;
+
+  if (!proj) {
+    // Fused: step t's tile GEMM adds da_h[t+1] W_hh to the pass-through part of dh.
+    a.plan = k.bwd_plan(B, H);
+    const at::Tensor w_packed = pack_bwd(w_hh, a.plan);
+    a.w = w_packed.data_ptr<T>();
+    for (int64_t t = nT - 1; t >= 0; --t) {
+      a.s = shape;
+      a.s.t = t;
+      a.K = t == nT - 1 ? 0 : GH;
+      a.da_next = da_h[t == nT - 1 ? t : t + 1].data_ptr<T>();
+      a.dh = dh.data_ptr<T>();
+      a.acts = ptr<T>(acts.defined() ? acts[t] : at::Tensor());
+      a.h_prev = hs[t].data_ptr<T>();
+      a.h_new = hs[t + 1].data_ptr<T>();
+      a.c_prev = lstm ? cs[t].data_ptr<T>() : nullptr;
+      a.c_new = lstm ? cs[t + 1].data_ptr<T>() : nullptr;
+      a.da = da[t].data_ptr<T>();
+      a.da_h = gru ? da_h[t].data_ptr<T>() : nullptr;
+      a.dh_prev = dh_next.data_ptr<T>();
+      for_items(a.plan.items(), item_flops(a.plan, a.K),
+                [&](int64_t i0, int64_t i1) { k.bwd(mode, a, i0, i1); });
+      std::swap(dh, dh_next);
+    }
+    dh.addmm_(da_h[0], w_hh);
+    return {dh, dc};
+  }
+
+  // LSTM with a projection: gy = (dh + dy) W_hr first, so the gate gradients need whole
+  // rows of dh; the recurrent GEMM is a separate, packed GEMM per step.
+  at::Tensor g = at::empty({B, P}, opts), gy = at::empty({B, H}, opts);
+  const StepGemm<T> gemm_hh(w_hh, /*transpose=*/false, B);  // dh_prev += da W_hh
+  for (int64_t t = nT - 1; t >= 0; --t) {
+    a.s = shape;
+    a.s.t = t;
+    const ProjBwdPre<T> p{a.s, dy.data_ptr<T>(), dh.data_ptr<T>(), g.data_ptr<T>(),
+                          dhs[t].data_ptr<T>()};
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { k.proj_bwd_pre(p, b0, b1); });
+    at::mm_out(gy, g, w_hr);
+    a.dh = g.data_ptr<T>();
+    a.gy = gy.data_ptr<T>();
+    a.acts = acts[t].data_ptr<T>();
+    a.c_prev = cs[t].data_ptr<T>();
+    a.c_new = cs[t + 1].data_ptr<T>();
+    const at::Tensor da_t = da[t];
+    a.da = da_t.data_ptr<T>();
+    a.dh_prev = dh_next.data_ptr<T>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) { k.lstm_bwd_rows(a, b0, b1); });
+    gemm_hh.run(da_t, dh_next, /*accumulate=*/true);
+    std::swap(dh, dh_next);
+  }
+  return {dh, dc};
+}
+
+template <typename T>
+std::vector<at::Tensor> backward_impl(
+    int64_t mode, bool reverse, const at::Tensor& x_, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths_, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
+    const std::vector<at::Tensor>& saved, const at::Tensor& dy_, const at::Tensor& dh_n,
+    const at::Tensor& dc_n) {
+  const int64_t nT = x_.size(0), B = x_.size(1), I = x_.size(2);
+  const int64_t G = gate_count(mode), GH = w_ih.size(0), H = GH / G;
+  const bool lstm = mode == kLSTM, gru = mode == kGRU;
+  const bool proj = w_hr.defined();
+  const int64_t P = proj ? w_hr.size(0) : H;
+  const auto opts = x_.options();
+  const at::Tensor x = x_.contiguous();
+  const at::Tensor dy = dy_.contiguous();
+  const at::Tensor lengths = lengths_.defined() ? lengths_.contiguous() : lengths_;
+  const int64_t* len = ptr<int64_t>(lengths);
+
+  size_t n = 0;
+  const at::Tensor acts = act_count(mode) ? saved[n++] : at::Tensor();  // [T, B, 4H]
+  const at::Tensor hs = saved[n++];                                    // [T+1, B, P]
+  const at::Tensor cs = lstm ? saved[n++] : at::Tensor();              // [T+1, B, H]
+  const at::Tensor ypre = proj ? saved[n++] : at::Tensor();            // [T, B, H]
+
+  at::Tensor da = at::empty({nT, B, GH}, opts);
+  at::Tensor da_h = gru ? at::empty({nT, B, GH}, opts) : da;
+  at::Tensor dhs = proj ? at::empty({nT, B, P}, opts) : at::Tensor();
+  const StepShape shape{nT, B, H, P, 0, reverse, len};
+  at::Tensor dh0, dc0;
+  std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, acts, hs, cs, dy, dh_n, dc_n,
+                                        da, da_h, dhs);
+
+  // Everything that is a sum over steps: one GEMM (or one reduction) each.
+  const at::Tensor da2 = da.view({nT * B, GH}), dah2 = da_h.view({nT * B, GH});
+  const at::Tensor da_nat = reverse ? da2.index_select(0, natural_order_index(nT, B, len)) : da2;
+  at::Tensor dx = at::mm(da_nat, w_ih).view({nT, B, I});
+  at::Tensor dw_ih = at::mm(da_nat.t(), x.view({nT * B, I}));
+  at::Tensor dw_hh = at::mm(dah2.t(), hs.narrow(0, 0, nT).reshape({nT * B, P}));
+  at::Tensor db_ih = b_ih.defined() ? da2.sum(0) : none_like(x);
+  at::Tensor db_hh = !b_hh.defined() ? none_like(x) : gru ? dah2.sum(0) : db_ih.clone();
+  at::Tensor dw_hr = proj ? at::mm(dhs.view({nT * B, P}).t(), ypre.view({nT * B, H})) : none_like(x);
+  return {dx, dh0, lstm ? dc0 : none_like(x), dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurrence_forward(
+    int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved) {
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rnn::recurrence_forward", [&] {
+    return forward_impl<scalar_t>(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh,
+                                  w_hr, need_saved);
+  });
+}
+
+std::vector<at::Tensor> recurrence_backward(
+    int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
+    const std::vector<at::Tensor>& saved, const at::Tensor& dy, const at::Tensor& dh_n,
+    const at::Tensor& dc_n) {
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rnn::recurrence_backward", [&] {
+    return backward_impl<scalar_t>(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh,
+                                   w_hr, saved, dy, dh_n, dc_n);
+  });
+}
+
+}  // namespace cpu
+}  // namespace fused_rnn

@@ -1,0 +1,37 @@
+// One layer, one direction of LSTM / GRU / RNN on CPU: the time loops around the fused
+// pointwise kernels of kernels.h, with ATen for the GEMMs. Arguments are checked by the
+// caller (csrc/bindings/recurrence.cpp); here they are trusted.
+#pragma once
+
+#include "aten.h"
+
+#include <tuple>
+#include <vector>
+
+namespace fused_rnn {
+namespace cpu {
+
+// x [T, B, I]; h0 [B, P]; c0 [B, H] (LSTM); lengths [B] int64 on CPU or undefined;
+// w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or undefined; w_hr [P, H] or undefined.
+// Returns y [T, B, P] (natural time order, zero past each row's length), h_n [B, P],
+// c_n [B, H] (empty for GRU/RNN) and the tensors backward needs (empty if !need_saved):
+// LSTM (acts [T, B, 4H], hs [T+1, B, P], cs [T+1, B, H][, y_pre [T, B, H]]),
+// GRU (acts [T, B, 4H], hs [T+1, B, H]), RNN (hs [T+1, B, H]); hs and acts in loop order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurrence_forward(
+    int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved);
+
+// The backward of recurrence_forward, given the same inputs, its saved tensors and the
+// gradients dy [T, B, P], dh_n [B, P] (or undefined), dc_n [B, H] (or undefined).
+// Returns (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); an entry is an empty tensor
+// where the input is absent (c0 for GRU/RNN, biases, w_hr).
+std::vector<at::Tensor> recurrence_backward(
+    int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
+    const std::vector<at::Tensor>& saved, const at::Tensor& dy, const at::Tensor& dh_n,
+    const at::Tensor& dc_n);
+
+}  // namespace cpu
+}  // namespace fused_rnn

@@ -1,0 +1,50 @@
+"""Recurrence on the compiled extension (``fused_rnn._C``, ``torch.ops.fused_rnn.*``).
+
+The same launchers as ``reference.py`` (``_fwd``/``_bwd``, one layer and one direction,
+time-major); the time loops, the fused gate passes and the GEMMs run in C++
+(``csrc/cpu/recurrence.cpp``). ``saved`` is what the C++ forward returns for its backward:
+LSTM ``(acts [T, B, 4H], hs [T+1, B, P], cs [T+1, B, H][, y_pre [T, B, H]])``,
+GRU ``(acts [T, B, 4H], hs [T+1, B, H])``, RNN ``(hs [T+1, B, H],)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from .cells import GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
+
+MODES = {LSTM: 0, GRU: 1, RNN_TANH: 2, RNN_RELU: 3}
+
+_err = _native.load_error()
+if _err is not None:
+    raise ImportError(_err)
+_ops = torch.ops.fused_rnn
+
+
+def _fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
+    """x [T, B, I]; h0 [B, P]; c0 [B, H] (LSTM) or None; lengths [B] int64 (CPU) or None.
+
+    Returns ``y [T, B, P]``, ``h_n [B, P]``, ``c_n [B, H]`` or None, and ``saved``
+    (empty unless ``need_saved``).
+    """
+    y, h_n, c_n, saved = _ops.recurrence_forward(
+        MODES[mode], bool(reverse), x, h0, c0, lengths, *w, bool(need_saved))
+    return y, h_n, (c_n if mode == LSTM else None), tuple(saved)
+
+
+def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc_n):
+    """dy [T, B, P]; dh_n [B, P] or None; dc_n [B, H] or None.
+
+    Returns ``(dx, dh0, dc0, LayerWeights of gradients)``, None where the input is None.
+    """
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _ops.recurrence_backward(
+        MODES[mode], bool(reverse), x, h0, c0, lengths, *w, list(saved), dy, dh_n, dc_n)
+    grads = LayerWeights(
+        w_ih=dw_ih,
+        w_hh=dw_hh,
+        b_ih=None if w.b_ih is None else db_ih,
+        b_hh=None if w.b_hh is None else db_hh,
+        w_hr=None if w.w_hr is None else dw_hr,
+    )
+    return dx, dh0, (dc0 if mode == LSTM else None), grads

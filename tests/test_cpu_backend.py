@@ -1,0 +1,68 @@
+"""The cpu backend's own concerns: every vector-ISA table it carries runs the parity tests
+(the CI machine only picks its best one by itself), and the ops' own argument checks."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fused_rnn
+from fused_rnn import _native
+
+pytestmark = pytest.mark.skipif(
+    _native.cpu_available() is not None,
+    reason=f"the cpu backend is not built here: {_native.cpu_available()}")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ORDER = ["default", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_lower_vector_isa_tables_pass_the_parity_tests(capability):
+    best = _native.cpu_capability()
+    if ORDER.index(capability) > ORDER.index(best):
+        pytest.skip(f"this CPU runs at most {best}")
+    env = dict(os.environ, FUSED_RNN_CPU_CAPABILITY=capability)
+    code = "from fused_rnn import _native; print(_native.cpu_capability())"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.stdout.strip() == capability, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "cpu",
+         "tests/test_recurrence_function.py", "tests/test_recurrence_modules.py"],
+        env=env, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout
+
+
+def _op_args(B=3, T=4, I=5, H=6):
+    x = torch.randn(T, B, I)
+    return dict(mode=0, reverse=False, x=x, h0=torch.randn(B, H), c0=torch.randn(B, H),
+                lengths=None, w_ih=torch.randn(4 * H, I), w_hh=torch.randn(4 * H, H),
+                b_ih=torch.randn(4 * H), b_hh=torch.randn(4 * H), w_hr=None, need_saved=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(mode=7), "mode must be 0 .LSTM."),
+    (dict(x=torch.randn(4, 3)), r"x must be 3-D \[T, B, I\]"),
+    (dict(x=torch.randn(4, 3, 5, dtype=torch.float64)), "w_ih has dtype Float but x has dtype Double"),
+    (dict(x=torch.randn(0, 3, 5)), "x must have at least one step"),
+    (dict(h0=torch.randn(3, 7)), r"h0 must have shape \[3, 6\]"),
+    (dict(c0=None), "c0 is required for LSTM"),
+    (dict(w_hh=torch.randn(24, 5)), r"w_hh must have shape \[24, 6\]"),
+    (dict(b_hh=None), "b_ih and b_hh must be given together"),
+    (dict(lengths=torch.tensor([1, 2, 5])), r"lengths must lie in \[0, 4\]"),
+    (dict(lengths=torch.tensor([1.0, 2.0, 3.0])), "lengths must be an int64 CPU tensor"),
+    (dict(w_hr=torch.randn(2, 6)), r"w_hh must have shape \[24, 2\]"),
+])
+def test_op_checks_name_the_argument(change, message):
+    args = dict(_op_args(), **change)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fused_rnn.recurrence_forward(*args.values())
+
+
+def test_auto_picks_cpu_for_cpu_tensors():
+    assert fused_rnn.available_backends()[0] == "cpu"
+    call = fused_rnn.backends.OpCall("recurrence", torch.device("cpu"), torch.float32, {})
+    assert fused_rnn.backends.select(call).name == "cpu"
