@@ -98,3 +98,17 @@ def test_inference_saves_nothing_for_backward(backend):
     assert y.grad_fn is None and h_n.grad_fn is None
     ry, rh, rc, _ = reference._fwd(LSTM, False, x, h0, c0, w, lens, need_saved=False)
     assert_close(y, ry, rtol=1e-7, atol=1e-9, name="y")
+
+
+@pytest.mark.parametrize("mode", [LSTM, GRU, RNN_TANH])
+def test_second_backward_through_a_retained_graph_gives_the_same_gradients(backend, mode):
+    """A backend may spend its saved activations in backward; retain_graph must still work."""
+    x, h0, c0, w, lens = make_args(mode, True, 0, True)
+    ops = backends.get_backend(backend).ops("recurrence")
+    y, h_n, _ = recurrence_layer(ops, mode, True, x, h0, c0, w, lens)
+    loss = (y * torch.randn_like(y)).sum() + (h_n * torch.randn_like(h_n)).sum()
+    leaves = _leaves(x, h0, c0, w)
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    for a, e in zip(second, first):
+        assert torch.equal(a, e)

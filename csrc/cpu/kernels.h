@@ -77,26 +77,32 @@ struct FwdStep {
 };
 
 // Backward step. Fused (no projection): dL/dh of the state after the step is
-// dh + da_next W_hh, the GEMM of the tile; with a projection (LSTM only) the driver
+// dh + da_h[t+1] W_hh, the GEMM of the tile; with a projection (LSTM only) the driver
 // computes gy = (dh + dy) W_hr and the row kernel lstm_bwd_rows takes it.
+//
+// The gate gradients overwrite the saved activations of their step, slot for slot (each
+// element is read before it is written): LSTM [da_i, da_f, da_g, da_o]; GRU [da_r, da_z,
+// da_n, da_n*r], whose input side is slots 0-2 and hidden side slots 0, 1, 3; RNN [da] in a
+// buffer of its own.
 template <typename T>
 struct BwdStep {
   StepShape s;
   TilePlan plan;
-  const T* w;       // fused: packed W_hh [panels, K, units]
-  int64_t K;        // fused: G*H, or 0 at the last step (no later step)
-  const T* da_next; // fused: [B, G*H] hidden-side gate gradients of step t + 1
+  const T* w;       // fused: packed W_hh [panels, G*H, units]
+  const T* da_next; // fused: [B, ld] gate gradients of step t + 1 (hidden side: slots below)
+  int64_t ld;       // row stride of da and da_next: 4H (LSTM, GRU) or H (RNN)
+  int64_t k1;       // fused: columns [0, k1) of da_next meet rows [0, k1) of W_hh ...
+  int64_t k2_off;   // ... and columns [k2_off, k2_off + k2) meet rows [k1, k1 + k2);
+  int64_t k2;       // both 0 at the last step (no later step)
   const T* dy;      // [T, B, P] output gradient, natural time order; nullptr with a projection
   const T* dh;      // [B, P] part of dL/dh' that does not go through W_hh (with a projection: dh + dy)
   const T* gy;      // [B, H] with a projection: dL/d(o*tanh(c')); else nullptr
-  const T* acts;    // [B, A] saved activations of this step
   const T* h_prev;  // [B, P] state before the step (GRU)
   const T* h_new;   // [B, H] state after the step (RNN)
   const T* c_prev;  // [B, H] LSTM cell before the step
   const T* c_new;   // [B, H] LSTM cell after the step
   T* dc;            // [B, H] LSTM: in dL/dc', out dL/dc (in place)
-  T* da;            // [B, G*H] gate pre-activation gradients (input side), zero on inactive rows
-  T* da_h;          // [B, G*H] GRU hidden side [da_r, da_z, da_n*r]; nullptr otherwise
+  T* da;            // [B, ld] in: saved activations (LSTM, GRU); out: gate gradients, zero on inactive rows
   T* dh_prev;       // [B, P] the part of dL/dh that does not go through W_hh
 };
 

@@ -324,24 +324,21 @@ void fwd(int64_t mode, const FwdStep<T>& a, int64_t i0, int64_t i1) {
 
 // Inactive row, units [j, j + n): no gate gradients; dh and dc pass through unchanged.
 template <typename T>
-inline void zero_gate_grads(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n, int64_t gates) {
-  const int64_t H = a.s.H, GH = gates * H;
-  for (int64_t g = 0; g < gates; ++g) {
-    zero_units(a.da + b * GH + g * H + j, n);
-    if (a.da_h) zero_units(a.da_h + b * GH + g * H + j, n);
-  }
+inline void zero_gate_grads(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n) {
+  const int64_t H = a.s.H;
+  for (int64_t slot = 0; slot < a.ld / H; ++slot) zero_units(a.da + b * a.ld + slot * H + j, n);
 }
 
-// Active row, units [j, j + n): gate gradients from g = dL/d(o*tanh(c')); dc in place.
+// Active row, units [j, j + n): gate gradients from g = dL/d(o*tanh(c')) over the saved
+// i, f, g, o; dc in place.
 template <typename T>
 inline void lstm_bwd_units(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>& g) {
-  const int64_t H = a.s.H, G = 4 * H;
+  const int64_t H = a.s.H;
   const Vec<T> one(T(1));
-  const T* acts = a.acts + b * G;  // [4H]
-  T* dc = a.dc + b * H;            // [H]
-  T* da = a.da + b * G;            // [4H]
-  const Vec<T> i = ld(acts, j, n), f = ld(acts, H + j, n);
-  const Vec<T> gg = ld(acts, 2 * H + j, n), o = ld(acts, 3 * H + j, n);
+  T* da = a.da + b * a.ld;  // [4H]
+  T* dc = a.dc + b * H;     // [H]
+  const Vec<T> i = ld(da, j, n), f = ld(da, H + j, n);
+  const Vec<T> gg = ld(da, 2 * H + j, n), o = ld(da, 3 * H + j, n);
   const Vec<T> tc = tanh_(ld(a.c_new + b * H, j, n));
   const Vec<T> dcv = ld(dc, j, n) + g * o * (one - tc * tc);
   st(dcv * gg * i * (one - i), da, j, n);
@@ -351,25 +348,19 @@ inline void lstm_bwd_units(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n,
   st(dcv * f, dc, j, n);
 }
 
-// Returns the part of dL/dh that does not go through W_hh: g * z.
+// Over the saved r, z, n, hn; returns the part of dL/dh that does not go through W_hh: g * z.
 template <typename T>
 inline Vec<T> gru_bwd_units(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>& g) {
-  const int64_t H = a.s.H, G = 3 * H;
+  const int64_t H = a.s.H;
   const Vec<T> one(T(1));
-  const T* acts = a.acts + b * 4 * H;  // [4H]
-  T* da = a.da + b * G;                // [3H]
-  T* da_h = a.da_h + b * G;            // [3H]
-  const Vec<T> r = ld(acts, j, n), z = ld(acts, H + j, n);
-  const Vec<T> nn = ld(acts, 2 * H + j, n), hn = ld(acts, 3 * H + j, n);
+  T* da = a.da + b * a.ld;  // [4H]
+  const Vec<T> r = ld(da, j, n), z = ld(da, H + j, n);
+  const Vec<T> nn = ld(da, 2 * H + j, n), hn = ld(da, 3 * H + j, n);
   const Vec<T> da_n = g * (one - z) * (one - nn * nn);
-  const Vec<T> da_r = da_n * hn * r * (one - r);
-  const Vec<T> da_z = g * (ld(a.h_prev + b * H, j, n) - nn) * z * (one - z);
-  st(da_r, da, j, n);
-  st(da_z, da, H + j, n);
+  st(da_n * hn * r * (one - r), da, j, n);
+  st(g * (ld(a.h_prev + b * H, j, n) - nn) * z * (one - z), da, H + j, n);
   st(da_n, da, 2 * H + j, n);
-  st(da_r, da_h, j, n);
-  st(da_z, da_h, H + j, n);
-  st(da_n * r, da_h, 2 * H + j, n);
+  st(da_n * r, da, 3 * H + j, n);
   return g * z;
 }
 
@@ -378,25 +369,30 @@ inline void rnn_bwd_units(const BwdStep<T>& a, int64_t b, int64_t j, int64_t n, 
                           bool relu) {
   const int64_t H = a.s.H;
   const Vec<T> h = ld(a.h_new + b * H, j, n), zero(T(0));
-  st(relu ? Vec<T>::blendv(zero, g, h > zero) : g * (Vec<T>(T(1)) - h * h), a.da + b * H, j, n);
+  st(relu ? Vec<T>::blendv(zero, g, h > zero) : g * (Vec<T>(T(1)) - h * h), a.da + b * a.ld, j, n);
 }
 
-// Fused backward (no projection, P == H): dh_in = dh + da_next W_hh for the tile's units,
+// Fused backward (no projection, P == H): dh_in = dh + da_h[t+1] W_hh for the tile's units,
 // then the gate gradients of this step from dh_in + dy.
 template <typename T>
 void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
   constexpr int NV = kBwdUnitVecs;
   constexpr int64_t V = Vec<T>::size();
   const auto& s = a.s;
-  const int64_t H = s.H, G = gate_count(mode), GH = G * H;
+  const int64_t H = s.H;
   const bool relu = mode == kRNN_RELU;
   for_tiles<kTileRows>(a.plan, s.B, i0, i1, [&](auto rows, int64_t q, int64_t b0) {
     constexpr int M = decltype(rows)::value;
+    const T* w = a.w + q * (a.k1 + a.k2) * NV * V;  // [k1 + k2, NV vectors]
     const T* ar[M];
-    for (int r = 0; r < M; ++r) ar[r] = a.da_next + (b0 + r) * GH;
+    for (int r = 0; r < M; ++r) ar[r] = a.da_next + (b0 + r) * a.ld;
     Vec<T> acc[M][NV];
     zero_acc(acc);
-    tile_gemm<T, M, NV>(ar, a.K, a.w + q * a.K * NV * V, acc);
+    tile_gemm<T, M, NV>(ar, a.k1, w, acc);
+    if (a.k2) {
+      for (int r = 0; r < M; ++r) ar[r] += a.k2_off;
+      tile_gemm<T, M, NV>(ar, a.k2, w + a.k1 * NV * V, acc);
+    }
     for (int r = 0; r < M; ++r) {
       const int64_t b = b0 + r;
       T* dh_prev = a.dh_prev + b * H;
@@ -405,7 +401,7 @@ void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
         if (n <= 0) break;
         const Vec<T> dh_in = acc[r][u] + ld(a.dh + b * H, j, n);
         if (!s.active(b)) {
-          zero_gate_grads(a, b, j, n, G);
+          zero_gate_grads(a, b, j, n);
           st(dh_in, dh_prev, j, n);
           continue;
         }
@@ -431,7 +427,7 @@ void lstm_bwd_rows(const BwdStep<T>& a, int64_t b0, int64_t b1) {
   const int64_t H = s.H, P = s.P;
   for (int64_t b = b0; b < b1; ++b) {
     if (!s.active(b)) {
-      zero_gate_grads(a, b, 0, H, 4);
+      zero_gate_grads(a, b, 0, H);
       copy_units(a.dh + b * P, a.dh_prev + b * P, P);  // dc stays as it is (in place)
       continue;
     }

@@ -297,16 +297,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
 
 // ---------------------------------------------------------------- backward
 
-// The reverse loop; fills da [T, B, GH] and da_h (GRU: its own buffer, else da itself),
-// dhs [T, B, P] (with a projection: dh + dy per step, for dW_hr); returns dh0, dc0.
+// dh += da[:, hidden side] W_hh, da [B, ld] in the slot layout of kernels.h's BwdStep.
+void add_hidden_side_product(at::Tensor& dh, const at::Tensor& da, const at::Tensor& w_hh,
+                             int64_t mode, int64_t H) {
+  if (mode == kGRU) {
+    dh.addmm_(da.narrow(1, 0, 2 * H), w_hh.narrow(0, 0, 2 * H));
+    dh.addmm_(da.narrow(1, 3 * H, H), w_hh.narrow(0, 2 * H, H));
+  } else {
+    dh.addmm_(da, w_hh);
+  }
+}
+
+// The reverse loop. Turns da [T, B, ld] (LSTM and GRU: the saved activations) into the gate
+// gradients of every step, fills dhs [T, B, P] with a projection (dh + dy per step, for
+// dW_hr); returns dh0, dc0.
 template <typename T>
 std::pair<at::Tensor, at::Tensor> backward_loop(
     int64_t mode, const StepShape& shape, const at::Tensor& w_hh, const at::Tensor& w_hr,
-    const at::Tensor& acts, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& dy,
-    const at::Tensor& dh_n, const at::Tensor& dc_n, at::Tensor& da, at::Tensor& da_h,
-    at::Tensor& dhs) {
+    const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& dy, const at::Tensor& dh_n,
+    const at::Tensor& dc_n, at::Tensor& da, at::Tensor& dhs) {
   const int64_t nT = shape.T, B = shape.B, H = shape.H, P = shape.P;
-  const int64_t G = gate_count(mode), GH = G * H;
   const bool lstm = mode == kLSTM, gru = mode == kGRU, proj = w_hr.defined();
   const auto opts = hs.options();
   const Kernels<T>& k = kernels<T>();
@@ -317,6 +327,8 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
   if (lstm) dc = dc_n.defined() ? dc_n.contiguous().clone() : at::zeros({B, H}, opts);
 
   BwdStep<T> a{};
+  a.s = shape;
+  a.ld = da.size(2);
   a.dy = proj ? nullptr : dy.data_ptr<T>();
   a.dc = lstm ? dc.data_ptr<T>() : nullptr;
 
@@ -326,24 +338,24 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     const at::Tensor w_packed = pack_bwd(w_hh, a.plan);
     a.w = w_packed.data_ptr<T>();
     for (int64_t t = nT - 1; t >= 0; --t) {
-      a.s = shape;
       a.s.t = t;
-      a.K = t == nT - 1 ? 0 : GH;
-      a.da_next = da_h[t == nT - 1 ? t : t + 1].data_ptr<T>();
+      const bool last = t == nT - 1;
+      a.k1 = last ? 0 : gru ? 2 * H : a.ld;
+      a.k2_off = 3 * H;
+      a.k2 = last || !gru ? 0 : H;
+      a.da_next = da[last ? t : t + 1].data_ptr<T>();
       a.dh = dh.data_ptr<T>();
-      a.acts = ptr<T>(acts.defined() ? acts[t] : at::Tensor());
       a.h_prev = hs[t].data_ptr<T>();
       a.h_new = hs[t + 1].data_ptr<T>();
       a.c_prev = lstm ? cs[t].data_ptr<T>() : nullptr;
       a.c_new = lstm ? cs[t + 1].data_ptr<T>() : nullptr;
       a.da = da[t].data_ptr<T>();
-      a.da_h = gru ? da_h[t].data_ptr<T>() : nullptr;
       a.dh_prev = dh_next.data_ptr<T>();
-      for_items(a.plan.items(), item_flops(a.plan, a.K),
+      for_items(a.plan.items(), item_flops(a.plan, a.k1 + a.k2),
                 [&](int64_t i0, int64_t i1) { k.bwd(mode, a, i0, i1); });
       std::swap(dh, dh_next);
     }
-    dh.addmm_(da_h[0], w_hh);
+    add_hidden_side_product(dh, da[0], w_hh, mode, H);
     return {dh, dc};
   }
 
@@ -352,7 +364,6 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
   at::Tensor g = at::empty({B, P}, opts), gy = at::empty({B, H}, opts);
   const StepGemm<T> gemm_hh(w_hh, /*transpose=*/false, B);  // dh_prev += da W_hh
   for (int64_t t = nT - 1; t >= 0; --t) {
-    a.s = shape;
     a.s.t = t;
     const ProjBwdPre<T> p{a.s, dy.data_ptr<T>(), dh.data_ptr<T>(), g.data_ptr<T>(),
                           dhs[t].data_ptr<T>()};
@@ -360,7 +371,6 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     at::mm_out(gy, g, w_hr);
     a.dh = g.data_ptr<T>();
     a.gy = gy.data_ptr<T>();
-    a.acts = acts[t].data_ptr<T>();
     a.c_prev = cs[t].data_ptr<T>();
     a.c_new = cs[t + 1].data_ptr<T>();
     const at::Tensor da_t = da[t];
@@ -392,29 +402,44 @@ std::vector<at::Tensor> backward_impl(
   const int64_t* len = ptr<int64_t>(lengths);
 
   size_t n = 0;
-  const at::Tensor acts = act_count(mode) ? saved[n++] : at::Tensor();  // [T, B, 4H]
+  // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place.
+  at::Tensor da = act_count(mode) ? saved[n++] : at::empty({nT, B, H}, opts);
   const at::Tensor hs = saved[n++];                                    // [T+1, B, P]
   const at::Tensor cs = lstm ? saved[n++] : at::Tensor();              // [T+1, B, H]
   const at::Tensor ypre = proj ? saved[n++] : at::Tensor();            // [T, B, H]
 
-  at::Tensor da = at::empty({nT, B, GH}, opts);
-  at::Tensor da_h = gru ? at::empty({nT, B, GH}, opts) : da;
   at::Tensor dhs = proj ? at::empty({nT, B, P}, opts) : at::Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, len};
   at::Tensor dh0, dc0;
-  std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, acts, hs, cs, dy, dh_n, dc_n,
-                                        da, da_h, dhs);
+  std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, hs, cs, dy, dh_n, dc_n, da, dhs);
 
-  // Everything that is a sum over steps: one GEMM (or one reduction) each.
-  const at::Tensor da2 = da.view({nT * B, GH}), dah2 = da_h.view({nT * B, GH});
-  const at::Tensor da_nat = reverse ? da2.index_select(0, natural_order_index(nT, B, len)) : da2;
-  at::Tensor dx = at::mm(da_nat, w_ih).view({nT, B, I});
-  at::Tensor dw_ih = at::mm(da_nat.t(), x.view({nT * B, I}));
-  at::Tensor dw_hh = at::mm(dah2.t(), hs.narrow(0, 0, nT).reshape({nT * B, P}));
-  at::Tensor db_ih = b_ih.defined() ? da2.sum(0) : none_like(x);
-  at::Tensor db_hh = !b_hh.defined() ? none_like(x) : gru ? dah2.sum(0) : db_ih.clone();
+  // Everything that is a sum over steps: one GEMM (or one reduction) each, in loop order.
+  // Reversed rows are gathered from and scattered to natural order on the narrow side (x, dx),
+  // never on the wide gate gradients.
+  const at::Tensor D = da.view({nT * B, da.size(2)});
+  const at::Tensor da_in = D.narrow(1, 0, GH);  // input side
+  const at::Tensor x2 = x.view({nT * B, I});
+  const at::Tensor order = reverse ? natural_order_index(nT, B, len) : at::Tensor();
+  const at::Tensor x_loop = reverse ? x2.index_select(0, order) : x2;
+  at::Tensor dx = at::mm(da_in, w_ih);
+  if (reverse) dx = dx.index_select(0, order);
+  at::Tensor dw_ih = at::mm(da_in.t(), x_loop);
+  const at::Tensor h2 = hs.narrow(0, 0, nT).view({nT * B, P});
+  at::Tensor dw_hh, db_hh;
+  at::Tensor db_ih = b_ih.defined() ? da_in.sum(0) : none_like(x);
+  if (gru) {
+    dw_hh = at::empty({GH, P}, opts);
+    at::Tensor rz = dw_hh.narrow(0, 0, 2 * H), nh = dw_hh.narrow(0, 2 * H, H);
+    at::mm_out(rz, D.narrow(1, 0, 2 * H).t(), h2);
+    at::mm_out(nh, D.narrow(1, 3 * H, H).t(), h2);
+    if (b_hh.defined()) db_hh = at::cat({db_ih.narrow(0, 0, 2 * H), D.narrow(1, 3 * H, H).sum(0)});
+  } else {
+    dw_hh = at::mm(da_in.t(), h2);
+    if (b_hh.defined()) db_hh = db_ih.clone();
+  }
+  if (!b_hh.defined()) db_hh = none_like(x);
   at::Tensor dw_hr = proj ? at::mm(dhs.view({nT * B, P}).t(), ypre.view({nT * B, H})) : none_like(x);
-  return {dx, dh0, lstm ? dc0 : none_like(x), dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+  return {dx.view({nT, B, I}), dh0, lstm ? dc0 : none_like(x), dw_ih, dw_hh, db_ih, db_hh, dw_hr};
 }
 
 }  // namespace

@@ -3,6 +3,11 @@
 It knows nothing of the math: forward calls the backend's ``_fwd`` and saves what it
 returns, backward hands that back to the backend's ``_bwd``. The first backward of a
 fused kernel is never differentiated again (``once_differentiable``), as with cuDNN.
+
+A backend whose ``_bwd`` reuses the memory of ``saved`` (``OVERWRITES_SAVED = True``: the
+gate gradients take the place of the saved activations, so backward needs no buffer of
+its own) leaves ``saved`` spent; a second backward through the same graph
+(``retain_graph=True``) then recomputes it with the forward first.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class RecurrenceFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, lengths, *rest = ctx.saved_tensors
         w, saved = LayerWeights(*rest[:5]), tuple(rest[5:])
+        if getattr(ctx.ops, "OVERWRITES_SAVED", False):
+            if getattr(ctx, "saved_spent", False):
+                saved = ctx.ops._fwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, need_saved=True)[3]
+            ctx.saved_spent = True
         if dy is None:
             dy = torch.zeros(x.shape[:2] + (h0.shape[-1],), dtype=x.dtype, device=x.device)
         dx, dh0, dc0, dw = ctx.ops._bwd(

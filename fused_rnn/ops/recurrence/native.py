@@ -16,6 +16,9 @@ from .cells import GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
 
 MODES = {LSTM: 0, GRU: 1, RNN_TANH: 2, RNN_RELU: 3}
 
+# _bwd writes the gate gradients over the saved activations (see function.py).
+OVERWRITES_SAVED = True
+
 _err = _native.load_error()
 if _err is not None:
     raise ImportError(_err)
