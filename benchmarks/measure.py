@@ -87,17 +87,33 @@ def saved_for_backward_mib(fn: Callable[[], None], held_by_caller) -> float:
     return sum(saved_bytes.values()) / MiB
 
 
-def cuda_peak_mib(fn: Callable[[], None], device: torch.device) -> Optional[float]:
-    """Peak CUDA memory allocated during ``fn`` above what was allocated before it (MiB);
-    None off CUDA, where torch keeps no allocator statistics."""
-    if device.type != "cuda":
+def peak_mib(fn: Callable[[], None], device: torch.device) -> Optional[float]:
+    """Peak tensor memory allocated during ``fn`` above what was allocated before it (MiB).
+
+    CUDA: the allocator's own statistics. CPU, where torch keeps none: the profiler's
+    allocation and free events (``profile_memory``), summed in time order; every tensor
+    allocated by torch or by fused_rnn's C++ (ATen's allocator) is seen.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / MiB
+    if device.type != "cpu":
         return None
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / MiB
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type().name == "CPU")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / MiB
 
 
 def gemm_gflops(n: int, device: torch.device, dtype: torch.dtype, warmup: int = 2,

@@ -29,7 +29,7 @@ import fused_rnn
 from fused_rnn.backends import backend_names
 
 from . import cases as C
-from .measure import OtherLoad, cuda_peak_mib, gemm_gflops, saved_for_backward_mib, time_ms
+from .measure import OtherLoad, gemm_gflops, peak_mib, saved_for_backward_mib, time_ms
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -184,7 +184,7 @@ def measure_row(case: C.Case, workload: C.Workload, implementation: str,
     if case.mode == "fwd+bwd":
         held = [workload.x, *workload.parameters()]
         row["saved_for_backward_mib"] = saved_for_backward_mib(runner, held)
-        row["cuda_peak_mib"] = cuda_peak_mib(runner, device)
+        row["peak_mib"] = peak_mib(runner, device)
     return row
 
 
@@ -254,8 +254,8 @@ COLUMNS = (  # (header, width, row -> text)
     ("x cell loop", 11, lambda r: _fmt(r.get("vs_cell_loop"), "{:.2f}")),
     ("% GEMM", 6, lambda r: f"{100 * r['fraction_of_gemm']:.0f}%"),
     ("saved MiB", 9, lambda r: _fmt(r.get("saved_for_backward_mib"), "{:.1f}")),
+    ("peak MiB", 8, lambda r: _fmt(r.get("peak_mib"), "{:.1f}")),
 )
-CUDA_PEAK_COLUMN = ("peak MiB", 8, lambda r: _fmt(r.get("cuda_peak_mib"), "{:.1f}"))
 
 
 def _fmt(value, spec: str) -> str:
@@ -278,16 +278,16 @@ def table_legend(meta: dict, args) -> str:
         "% GEMM: GEMM FLOP rate (forward 2*B*G*H*(I+H) per step, G gates; fwd+bwd 3x) "
         "/ the GEMM ceiling.",
         "saved MiB (fwd+bwd): distinct tensor storages autograd saves for backward, "
-        "input and weights excluded; not an allocator peak.",
+        "input and weights excluded.",
+        "peak MiB (fwd+bwd): most tensor memory allocated at once during one fwd+bwd, above "
+        "what was allocated before it (CUDA: the allocator's peak; CPU: the profiler's "
+        "allocation events).",
     ]
-    if meta["device"] == "cuda":
-        lines.append("peak MiB (fwd+bwd): torch.cuda.max_memory_allocated during one "
-                     "fwd+bwd, above what was allocated before it.")
     return "\n".join(lines)
 
 
 def format_table(rows: list, device_type: str) -> str:
-    columns = COLUMNS + ((CUDA_PEAK_COLUMN,) if device_type == "cuda" else ())
+    columns = COLUMNS
     lines = [" | ".join(h.rjust(w) for h, w, _ in columns)]
     lines.append("-+-".join("-" * w for _, w, _ in columns))
     for r in rows:

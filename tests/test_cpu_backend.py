@@ -19,6 +19,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = ["default", "avx2", "avx512"]
 
 
+def _run_parity_tests(env):
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "cpu",
+         "tests/test_recurrence_function.py", "tests/test_recurrence_modules.py"],
+        env=dict(os.environ, **env), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout
+
+
 @pytest.mark.parametrize("capability", ["default", "avx2"])
 def test_lower_vector_isa_tables_pass_the_parity_tests(capability):
     best = _native.cpu_capability()
@@ -28,12 +37,14 @@ def test_lower_vector_isa_tables_pass_the_parity_tests(capability):
     code = "from fused_rnn import _native; print(_native.cpu_capability())"
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.stdout.strip() == capability, r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "cpu",
-         "tests/test_recurrence_function.py", "tests/test_recurrence_modules.py"],
-        env=env, cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout
+    _run_parity_tests({"FUSED_RNN_CPU_CAPABILITY": capability})
+
+
+@pytest.mark.parametrize("input_gemm", ["0", "1"])
+def test_both_forward_paths_pass_the_parity_tests(input_gemm):
+    """The step computes x_t W_ih^T itself (large batches) or reads it from one GEMM over all
+    steps (small batches); the test sizes are small, so each path is forced in turn."""
+    _run_parity_tests({"FUSED_RNN_CPU_INPUT_GEMM": input_gemm})
 
 
 def _op_args(B=3, T=4, I=5, H=6):

@@ -62,9 +62,11 @@ template <typename T>
 struct FwdStep {
   StepShape s;
   TilePlan plan;
-  const T* w;       // packed [W_ih | W_hh]: [panels, I + P, G, units]
+  const T* w;       // packed [W_ih | W_hh]: [panels, I + P, G, units]; with gi, W_hh only
   const T* x;       // [T, B, I] input, natural time order
   int64_t I;        // input size
+  const T* gi;      // [T, B, G*H] x W_ih^T of all steps, natural time order, or nullptr: the
+                    // step then computes x_t W_ih^T itself
   const T* bias;    // [G*H] b_ih + b_hh (GRU: b_ih + [b_hr, b_hz, 0]), or nullptr
   const T* b_hn;    // [H] GRU's b_hn (stays inside the reset product), or nullptr
   const T* h_prev;  // [B, P] state before the step

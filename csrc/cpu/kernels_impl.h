@@ -146,12 +146,67 @@ inline void with_rows(int m, const F& f) {
   f(Rows<MR>{});
 }
 
-// f(Rows<M>{}, panel, first row) for each tile of the items [i0, i1) of a plan.
-template <int MR, typename F>
-inline void for_tiles(const TilePlan& plan, int64_t B, int64_t i0, int64_t i1, const F& f) {
-  for (int64_t i = i0; i < i1; ++i) {
-    const int64_t q = i / plan.row_blocks, b0 = (i % plan.row_blocks) * MR;
-    with_rows<MR>(int(std::min<int64_t>(MR, B - b0)), [&](auto rows) { f(rows, q, b0); });
+// Row blocks of one panel that share each chunk of its weights while it is in L1.
+constexpr int kGroupBlocks = 8;
+
+// The tiles of the items [i0, i1) of a plan, a group of row blocks of one panel at a time.
+// A group's accumulators live in `buf` (memory); its GEMM walks the panel's K rows in chunks
+// of ~16 KiB of weights, each chunk used by every row block of the group before the next is
+// loaded, so the weights come from L1 instead of L2 once per row block.
+//
+// The K rows of a panel come in `nseg` segments: segment s has seg_k[s] rows of the packed
+// panel (after those of the segments before it) and its left operand for batch row b is
+// row(s, b) ([>= seg_k[s]]). after(s, g, m, acc) runs once a segment is done for row block g
+// (m rows, acc [m][NV] in buf); epi(q, b, g, r, acc_row) once per row at the end.
+template <typename T, int NV, int MR, typename Row, typename After, typename Epi>
+inline void panel_tiles(const TilePlan& plan, int64_t B, int64_t i0, int64_t i1, const T* w,
+                        int nseg, const int64_t* seg_k, const Row& row, const After& after,
+                        const Epi& epi) {
+  constexpr int64_t V = Vec<T>::size();
+  constexpr int64_t KC = std::max<int64_t>(16, 16384 / int64_t(NV * V * sizeof(T)));
+  int64_t panel_k = 0;
+  for (int s = 0; s < nseg; ++s) panel_k += seg_k[s];
+  Vec<T> buf[kGroupBlocks][MR][NV];
+  for (int64_t i = i0; i < i1;) {
+    const int64_t q = i / plan.row_blocks, rb0 = i % plan.row_blocks;
+    const int64_t count = std::min<int64_t>({kGroupBlocks, plan.row_blocks - rb0, i1 - i});
+    const T* wq = w + q * panel_k * NV * V;  // [panel_k, NV vectors]
+    for (int64_t g = 0; g < count; ++g) zero_acc(buf[g]);
+    int64_t k_base = 0;
+    for (int s = 0; s < nseg; ++s) {
+      for (int64_t k0 = 0; k0 < seg_k[s]; k0 += KC) {
+        const int64_t kc = std::min(KC, seg_k[s] - k0);
+        for (int64_t g = 0; g < count; ++g) {
+          const int64_t b0 = (rb0 + g) * MR;
+          with_rows<MR>(int(std::min<int64_t>(MR, B - b0)), [&](auto rows) {
+            constexpr int M = decltype(rows)::value;
+            const T* ar[M];
+            for (int r = 0; r < M; ++r) ar[r] = row(s, b0 + r) + k0;
+            Vec<T> acc[M][NV];
+#pragma GCC unroll 8
+            for (int r = 0; r < M; ++r) {
+#pragma GCC unroll 8
+              for (int v = 0; v < NV; ++v) acc[r][v] = buf[g][r][v];
+            }
+            tile_gemm<T, M, NV>(ar, kc, wq + (k_base + k0) * NV * V, acc);
+#pragma GCC unroll 8
+            for (int r = 0; r < M; ++r) {
+#pragma GCC unroll 8
+              for (int v = 0; v < NV; ++v) buf[g][r][v] = acc[r][v];
+            }
+          });
+        }
+      }
+      k_base += seg_k[s];
+      for (int64_t g = 0; g < count; ++g) {
+        after(s, g, int(std::min<int64_t>(MR, B - (rb0 + g) * MR)), buf[g]);
+      }
+    }
+    for (int64_t g = 0; g < count; ++g) {
+      const int64_t b0 = (rb0 + g) * MR;
+      for (int64_t r = 0; r < std::min<int64_t>(MR, B - b0); ++r) epi(q, b0 + r, g, r, buf[g][r]);
+    }
+    i += count;
   }
 }
 
@@ -267,47 +322,53 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
   constexpr int NV = kFwdVecs[MODE];
   constexpr int64_t V = Vec<T>::size();
   const auto& s = a.s;
-  const int64_t I = a.I, P = s.P;
-  for_tiles<kTileRows>(a.plan, s.B, i0, i1, [&](auto rows, int64_t q, int64_t b0) {
-    constexpr int M = decltype(rows)::value;
-    const T* xr[M];
-    const T* hr[M];
-    for (int r = 0; r < M; ++r) {
-      const int64_t b = b0 + r;
-      xr[r] = a.x + (s.pos(b) * s.B + b) * I;
-      hr[r] = a.h_prev + b * P;
-    }
-    const T* wq = a.w + q * (I + P) * NV * V;  // [I + P, NV vectors]
-    Vec<T> acc[M][NV];
-    Vec<T> nx[M];
-    zero_acc(acc);
-    tile_gemm<T, M, NV>(xr, I, wq, acc);
+  const int64_t G = gate_count(MODE), H = s.H;
+  // Without gi the panel is [W_ih | W_hh] and x_t is the first segment; with gi, W_hh only.
+  const bool x_seg = a.gi == nullptr;
+  const int64_t seg_k[2] = {x_seg ? a.I : s.P, s.P};
+  const auto row = [&](int seg, int64_t b) {
+    return x_seg && seg == 0 ? a.x + (s.pos(b) * s.B + b) * a.I : a.h_prev + b * s.P;
+  };
+  Vec<T> nx[kGroupBlocks][kTileRows];  // GRU: W_in x, which the reset gate does not scale
+  const auto after = [&](int seg, int64_t g, int m, Vec<T> (&acc)[kTileRows][NV]) {
     if constexpr (MODE == kGRU) {
-      for (int r = 0; r < M; ++r) {
-        nx[r] = acc[r][2];
-        acc[r][2] = Vec<T>(T(0));
-      }
-    }
-    tile_gemm<T, M, NV>(hr, P, wq + I * NV * V, acc);
-    for (int r = 0; r < M; ++r) {
-      const int64_t b = b0 + r;
-      // LSTM/GRU: one vector of units, acc[gate]; RNN: NV vectors of units.
-      constexpr int uv = MODE == kLSTM || MODE == kGRU ? 1 : NV;
-      for (int u = 0; u < uv; ++u) {
-        const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, s.H - j);
-        if (n <= 0) break;
-        if (!s.active(b)) {
-          carry_units(a, b, j, n, MODE == kLSTM);
-        } else if constexpr (MODE == kLSTM) {
-          lstm_fwd_units(a, b, j, n, acc[r]);
-        } else if constexpr (MODE == kGRU) {
-          gru_fwd_units(a, b, j, n, acc[r], nx[r]);
-        } else {
-          rnn_fwd_units(a, b, j, n, acc[r][u], MODE == kRNN_RELU);
+      if (x_seg && seg == 0) {
+        for (int r = 0; r < m; ++r) {
+          nx[g][r] = acc[r][2];
+          acc[r][2] = Vec<T>(T(0));
         }
       }
     }
-  });
+  };
+  const auto epi = [&](int64_t q, int64_t b, int64_t g, int64_t r, const Vec<T>* acc) {
+    // LSTM/GRU: one vector of units, acc[gate]; RNN: NV vectors of units.
+    constexpr int uv = MODE == kLSTM || MODE == kGRU ? 1 : NV;
+    const T* gi = x_seg ? nullptr : a.gi + (s.pos(b) * s.B + b) * G * H;  // [G*H]
+    for (int u = 0; u < uv; ++u) {
+      const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, H - j);
+      if (n <= 0) break;
+      if (!s.active(b)) {
+        carry_units(a, b, j, n, MODE == kLSTM);
+      } else if constexpr (MODE == kLSTM) {
+        Vec<T> pre[4] = {acc[0], acc[1], acc[2], acc[3]};
+        if (gi) {
+          for (int k = 0; k < 4; ++k) pre[k] = pre[k] + ld(gi, k * H + j, n);
+        }
+        lstm_fwd_units(a, b, j, n, pre);
+      } else if constexpr (MODE == kGRU) {
+        if (gi) {
+          const Vec<T> pre[3] = {acc[0] + ld(gi, j, n), acc[1] + ld(gi, H + j, n), acc[2]};
+          gru_fwd_units(a, b, j, n, pre, ld(gi, 2 * H + j, n));
+        } else {
+          gru_fwd_units(a, b, j, n, acc, nx[g][r]);
+        }
+      } else {
+        const Vec<T> pre = gi ? acc[u] + ld(gi, j, n) : acc[u];
+        rnn_fwd_units(a, b, j, n, pre, MODE == kRNN_RELU);
+      }
+    }
+  };
+  panel_tiles<T, NV, kTileRows>(a.plan, s.B, i0, i1, a.w, x_seg ? 2 : 1, seg_k, row, after, epi);
 }
 
 template <typename T>
@@ -381,43 +442,35 @@ void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
   const auto& s = a.s;
   const int64_t H = s.H;
   const bool relu = mode == kRNN_RELU;
-  for_tiles<kTileRows>(a.plan, s.B, i0, i1, [&](auto rows, int64_t q, int64_t b0) {
-    constexpr int M = decltype(rows)::value;
-    const T* w = a.w + q * (a.k1 + a.k2) * NV * V;  // [k1 + k2, NV vectors]
-    const T* ar[M];
-    for (int r = 0; r < M; ++r) ar[r] = a.da_next + (b0 + r) * a.ld;
-    Vec<T> acc[M][NV];
-    zero_acc(acc);
-    tile_gemm<T, M, NV>(ar, a.k1, w, acc);
-    if (a.k2) {
-      for (int r = 0; r < M; ++r) ar[r] += a.k2_off;
-      tile_gemm<T, M, NV>(ar, a.k2, w + a.k1 * NV * V, acc);
-    }
-    for (int r = 0; r < M; ++r) {
-      const int64_t b = b0 + r;
-      T* dh_prev = a.dh_prev + b * H;
-      for (int u = 0; u < NV; ++u) {
-        const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, H - j);
-        if (n <= 0) break;
-        const Vec<T> dh_in = acc[r][u] + ld(a.dh + b * H, j, n);
-        if (!s.active(b)) {
-          zero_gate_grads(a, b, j, n);
-          st(dh_in, dh_prev, j, n);
-          continue;
-        }
-        const Vec<T> g = dh_in + ld(a.dy + (s.pos(b) * s.B + b) * H, j, n);
-        if (mode == kLSTM) {
-          lstm_bwd_units(a, b, j, n, g);
-          st(Vec<T>(T(0)), dh_prev, j, n);
-        } else if (mode == kGRU) {
-          st(gru_bwd_units(a, b, j, n, g), dh_prev, j, n);
-        } else {
-          rnn_bwd_units(a, b, j, n, g, relu);
-          st(Vec<T>(T(0)), dh_prev, j, n);
-        }
+  const int64_t seg_k[2] = {a.k1, a.k2};
+  const auto row = [&](int seg, int64_t b) {
+    return a.da_next + b * a.ld + (seg == 0 ? 0 : a.k2_off);
+  };
+  const auto after = [](int, int64_t, int, Vec<T> (&)[kTileRows][NV]) {};
+  const auto epi = [&](int64_t q, int64_t b, int64_t, int64_t, const Vec<T>* acc) {
+    T* dh_prev = a.dh_prev + b * H;
+    for (int u = 0; u < NV; ++u) {
+      const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, H - j);
+      if (n <= 0) break;
+      const Vec<T> dh_in = acc[u] + ld(a.dh + b * H, j, n);
+      if (!s.active(b)) {
+        zero_gate_grads(a, b, j, n);
+        st(dh_in, dh_prev, j, n);
+        continue;
+      }
+      const Vec<T> g = dh_in + ld(a.dy + (s.pos(b) * s.B + b) * H, j, n);
+      if (mode == kLSTM) {
+        lstm_bwd_units(a, b, j, n, g);
+        st(Vec<T>(T(0)), dh_prev, j, n);
+      } else if (mode == kGRU) {
+        st(gru_bwd_units(a, b, j, n, g), dh_prev, j, n);
+      } else {
+        rnn_bwd_units(a, b, j, n, g, relu);
+        st(Vec<T>(T(0)), dh_prev, j, n);
       }
     }
-  });
+  };
+  panel_tiles<T, NV, kTileRows>(a.plan, s.B, i0, i1, a.w, 2, seg_k, row, after, epi);
 }
 
 // LSTM with a projection, rows [b0, b1): gate gradients from gy = (dh + dy) W_hr.
