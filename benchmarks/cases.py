@@ -14,8 +14,8 @@ import torch
 
 import fused_rnn
 
-CELLS = ("lstm", "gru")
-GATES = {"lstm": 4, "gru": 3}
+CELLS = ("lstm", "gru", "rnn")  # rnn: tanh
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 MODES = ("fwd", "fwd+bwd")
 
 # The two baselines; every fused backend adds a row named FUSED_PREFIX + backend name.
@@ -23,9 +23,9 @@ TORCH_NN = "torch.nn"
 CELL_LOOP = "cell-loop"
 FUSED_PREFIX = "fused_rnn:"
 
-_RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-_CELL_CLASSES = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
-_FUSED_CLASSES = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
+_RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+_CELL_CLASSES = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}
+_FUSED_CLASSES = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU, "rnn": fused_rnn.RNN}
 
 
 @dataclasses.dataclass(frozen=True)
