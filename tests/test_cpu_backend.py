@@ -11,7 +11,7 @@ import torch
 import fused_rnn
 from fused_rnn import _native
 
-pytestmark = pytest.mark.skipif(
+needs_extension = pytest.mark.skipif(
     _native.cpu_available() is not None,
     reason=f"the cpu backend is not built here: {_native.cpu_available()}")
 
@@ -28,6 +28,7 @@ def _run_parity_tests(env):
     assert " passed" in r.stdout and "failed" not in r.stdout
 
 
+@needs_extension
 @pytest.mark.parametrize("capability", ["default", "avx2"])
 def test_lower_vector_isa_tables_pass_the_parity_tests(capability):
     best = _native.cpu_capability()
@@ -40,6 +41,7 @@ def test_lower_vector_isa_tables_pass_the_parity_tests(capability):
     _run_parity_tests({"FUSED_RNN_CPU_CAPABILITY": capability})
 
 
+@needs_extension
 @pytest.mark.parametrize("input_gemm", ["0", "1"])
 def test_both_forward_paths_pass_the_parity_tests(input_gemm):
     """The step computes x_t W_ih^T itself (large batches) or reads it from one GEMM over all
@@ -54,6 +56,7 @@ def _op_args(B=3, T=4, I=5, H=6):
                 b_ih=torch.randn(4 * H), b_hh=torch.randn(4 * H), w_hr=None, need_saved=True)
 
 
+@needs_extension
 @pytest.mark.parametrize("change, message", [
     (dict(mode=7), "mode must be 0 .LSTM."),
     (dict(x=torch.randn(4, 3)), r"x must be 3-D \[T, B, I\]"),
@@ -73,7 +76,32 @@ def test_op_checks_name_the_argument(change, message):
         torch.ops.fused_rnn.recurrence_forward(*args.values())
 
 
+@needs_extension
 def test_auto_picks_cpu_for_cpu_tensors():
     assert fused_rnn.available_backends()[0] == "cpu"
     call = fused_rnn.backends.OpCall("recurrence", torch.device("cpu"), torch.float32, {})
     assert fused_rnn.backends.select(call).name == "cpu"
+
+
+def test_without_the_extension_auto_falls_back_to_reference_with_one_warning():
+    """Not skipped when unbuilt: simulates a missing fused_rnn._C in a fresh interpreter."""
+    code = """
+import sys, warnings
+sys.modules["fused_rnn._C"] = None  # import fused_rnn._C now raises ImportError
+import torch, fused_rnn
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    m = fused_rnn.LSTM(3, 4)
+    for _ in range(2):
+        m(torch.randn(5, 2, 3))
+msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+print(fused_rnn.available_backends())
+print(len(msgs))
+print(msgs[0] if msgs else "")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    backends_line, count, message = r.stdout.strip().splitlines()
+    assert "cpu" not in backends_line and "reference" in backends_line
+    assert count == "1"
+    assert "'cpu'" in message and "pip install --no-build-isolation -e ." in message
