@@ -235,9 +235,8 @@ register_backend(
     Backend(
         name="cpu",
         priority=10,
-        # No native attention kernel yet: the cpu backend runs the reference one.
         modules={"recurrence": "fused_rnn.ops.recurrence.native",
-                 "attention": "fused_rnn.ops.attention.reference"},
+                 "attention": "fused_rnn.ops.attention.native"},
         device_types=frozenset({"cpu"}),
         dtypes=frozenset({torch.float32, torch.float64}),
         tolerances={

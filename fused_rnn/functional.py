@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from . import backends
 from .ops.attention.checks import check_attention_args
+from .ops.attention.function import fused_attention
 from .ops.recurrence.cells import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights, split_flat_weights
 from .ops.recurrence.checks import (check_float_tensor, check_like, check_shape,
                                     normalize_lengths, shape_str)
@@ -210,7 +211,7 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
 
 
 def attention(query, keys, values=None, *, score="dot", lengths=None, mask=None, v=None,
-              weight=None, scale=None):
+              weight=None, scale=None, need_weights=True):
     """Encoder-decoder attention: scores, softmax over the valid keys, weighted values.
 
     query [B, Tq, Dq] or one decoder step [B, Dq]; keys [B, Tk, Dk]; values [B, Tk, Dv]
@@ -223,7 +224,8 @@ def attention(query, keys, values=None, *, score="dot", lengths=None, mask=None,
       projected ``pq = W_q q + b`` [B, Tq, A] and ``pk = W_k k`` [B, Tk, A], ``v`` [A].
 
     Returns ``(context [B, Tq, Dv], weights [B, Tq, Tk])`` (without the Tq axis for a 2-D
-    query). A query with no valid key gets zero weights and a zero context.
+    query); ``weights`` is None with ``need_weights=False``, which spares the fused backends
+    from writing them. A query with no valid key gets zero weights and a zero context.
 
     >>> ctx, w = attention(torch.randn(2, 1, 8), torch.randn(2, 5, 8), lengths=[5, 3])
     """
@@ -234,5 +236,13 @@ def attention(query, keys, values=None, *, score="dot", lengths=None, mask=None,
     sizes = {"score": score, "batch": q.shape[0], "query_steps": q.shape[1],
              "key_steps": keys.shape[1], "key_size": keys.shape[-1], "value_size": values.shape[-1]}
     backend = backends.select(backends.OpCall("attention", q.device, q.dtype, sizes))
-    context, weights = backend.ops("attention").forward(q, keys, values, valid, score, v, weight, scale)
-    return (context.squeeze(1), weights.squeeze(1)) if step else (context, weights)
+    ops = backend.ops("attention")
+    if hasattr(ops, "_fwd"):  # a fused backend: its Function, forward and backward
+        context, weights = fused_attention(ops, q, keys, values, valid, score, v, weight, scale,
+                                           need_weights)
+    else:
+        context, weights = ops.forward(q, keys, values, valid, score, v, weight, scale)
+        weights = weights if need_weights else None
+    if step:
+        return context.squeeze(1), (None if weights is None else weights.squeeze(1))
+    return context, weights

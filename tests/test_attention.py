@@ -362,3 +362,40 @@ def test_nan_in_masked_key_changes_nothing(backend, score, vform, separate_value
     for n, a, e in zip(names, grads(outs[1], ups, bad), grads(outs[0], ups, leaves)):
         assert_close(a, e, rtol=0, atol=0, name=n)
         assert a is None or not a.isnan().any(), f"{n} has NaN"
+
+
+@pytest.mark.parametrize("qform", QUERY_FORMS)
+@pytest.mark.parametrize("vform", ["lengths_empty_row", "mask", "none"])
+@pytest.mark.parametrize("score", SCORES)
+def test_without_weights_context_and_gradients_are_the_same(backend, score, vform, qform):
+    """need_weights=False returns no weights (a fused backend never writes them) and changes
+    nothing else: the context and every gradient match the oracle's."""
+    dtype = torch.float64
+    rtol, atol = tolerance(backend, dtype)
+    step = qform == "step2d"
+    leaves = make_inputs(score, dtype, tq=1 if qform == "tq1" else TQ, step=step)
+    query, keys, values, v, weight = leaves
+    kwargs, valid = make_valid(vform)
+    ctx, w = attention(query, keys, values, score=score, v=v, weight=weight, need_weights=False,
+                       **kwargs)
+    assert w is None
+    ref_leaves = fp64_leaves(leaves)
+    q64, k64, val64, v64, w64 = ref_leaves
+    rctx, _ = oracle(q64.unsqueeze(1) if step else q64, k64, val64, score, valid, v64, w64)
+    rctx = rctx.squeeze(1) if step else rctx
+    assert_close(ctx, rctx, rtol=rtol, atol=atol, name="context")
+    up = torch.randn_like(ctx)
+    for n, a, e in zip(("dquery", "dkeys", "dvalues", "dv", "dweight"),
+                       grads([ctx], [up], leaves), grads([rctx], [up], ref_leaves)):
+        assert_close(a, e, rtol=rtol, atol=atol, name=n)
+
+
+@pytest.mark.parametrize("name", ["additive", "luong-general"])
+def test_module_need_weights_false(backend, name):
+    m = (fused_rnn.AdditiveAttention(6, 5, 4) if name == "additive"
+         else fused_rnn.LuongAttention(6, 5, score="general"))
+    q, k = torch.randn(2, 6), torch.randn(2, 7, 5)
+    ctx, w = m(q, k, lengths=torch.tensor([7, 3]), need_weights=False)
+    ctx2, w2 = m(q, k, lengths=torch.tensor([7, 3]))
+    assert w is None and w2.shape == (2, 7)
+    torch.testing.assert_close(ctx, ctx2)

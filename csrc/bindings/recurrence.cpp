@@ -3,7 +3,7 @@
 //
 // Importing the Python module fused_rnn._C (an empty module) loads this library, and the
 // static initialisers of TORCH_LIBRARY register the ops.
-#include "torch_library.h"
+#include "checks.h"
 
 #include "../cpu/kernels.h"
 #include "../cpu/recurrence.h"
@@ -23,16 +23,8 @@ const char* mode_name(int64_t mode) {
   }
 }
 
-std::string shape(const Tensor& t) { return c10::str(t.sizes()); }
-
-// Dtype and device of `t` must match `x`'s; its shape must be `want`.
 void check_like_x(const char* name, const Tensor& t, const Tensor& x, at::IntArrayRef want) {
-  TORCH_CHECK(t.device() == x.device(), "fused_rnn: ", name, " is on ", t.device(),
-              " but x is on ", x.device());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fused_rnn: ", name, " has dtype ",
-              t.scalar_type(), " but x has dtype ", x.scalar_type());
-  TORCH_CHECK(t.sizes() == want, "fused_rnn: ", name, " must have shape ", want, ", got ",
-              shape(t));
+  check_like(name, t, "x", x, want);
 }
 
 struct Sizes {
@@ -105,8 +97,6 @@ Sizes check_common(int64_t mode, const Tensor& x, const Tensor& h0, const option
   }
   return s;
 }
-
-Tensor get(const optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_forward(
     int64_t mode, bool reverse, const Tensor& x, const Tensor& h0, const optional<Tensor>& c0,

@@ -9,88 +9,13 @@
 // needs whole rows of dh (through W_hr), so that backward keeps a separate per-step GEMM.
 #include "recurrence.h"
 
-#include <cstdlib>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <type_traits>
 #include <utility>
 
 #include "kernels.h"
-
-namespace fused_rnn {
-namespace cpu {
-
-namespace {
-
-// ---------------------------------------------------------------- capability dispatch
-
-enum class Cap { kDefault, kAvx2, kAvx512 };
-
-Cap detect_cap() {
-  Cap best = Cap::kDefault;
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Cap::kAvx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    best = Cap::kAvx512;
-  }
-#endif
-  // FUSED_RNN_CPU_CAPABILITY (else ATen's ATEN_CPU_CAPABILITY) can only lower the choice.
-  const char* env = std::getenv("FUSED_RNN_CPU_CAPABILITY");
-  if (!env || !*env) env = std::getenv("ATEN_CPU_CAPABILITY");
-  if (env && *env) {
-    const std::string want(env);
-    Cap cap = best;
-    if (want == "default") cap = Cap::kDefault;
-    if (want == "avx2") cap = Cap::kAvx2;
-    if (want == "avx512") cap = Cap::kAvx512;
-    if (static_cast<int>(cap) < static_cast<int>(best)) best = cap;
-  }
-  return best;
-}
-
-Cap cap() {
-  static const Cap c = detect_cap();
-  return c;
-}
-
-}  // namespace
-
-const char* kernel_capability() {
-  switch (cap()) {
-    case Cap::kAvx512: return "avx512";
-    case Cap::kAvx2: return "avx2";
-    default: return "default";
-  }
-}
-
-template <>
-const Kernels<float>& kernels<float>() {
-  switch (cap()) {
-    case Cap::kAvx512: return cap_avx512::kernels_f32();
-    case Cap::kAvx2: return cap_avx2::kernels_f32();
-    default: return cap_default::kernels_f32();
-  }
-}
-
-template <>
-const Kernels<double>& kernels<double>() {
-  switch (cap()) {
-    case Cap::kAvx512: return cap_avx512::kernels_f64();
-    case Cap::kAvx2: return cap_avx2::kernels_f64();
-    default: return cap_default::kernels_f64();
-  }
-}
-
-namespace {
-
-// ---------------------------------------------------------------- recurrent GEMM
-
-}  // namespace
-}  // namespace cpu
-}  // namespace fused_rnn
 
 // MKL's packed GEMM (exported by an MKL build of libtorch_cpu; weak, so a build without MKL
 // still loads and falls back to at::mm). The weight of the per-step GEMM is the same for

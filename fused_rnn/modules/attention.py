@@ -31,14 +31,16 @@ class _Attention(nn.Module):
     def _query_args(self, query):
         return query, {}
 
-    def forward(self, query, keys, values=None, lengths=None, mask=None, projected_keys=None):
+    def forward(self, query, keys, values=None, lengths=None, mask=None, projected_keys=None,
+                need_weights=True):
         """query [B, Tq, query_size] or one step [B, query_size]; keys [B, Tk, key_size];
         values [B, Tk, Dv] (default: keys); ``lengths`` [B] or ``mask`` [B, Tk] (True =
-        attend). Returns ``(context [B, (Tq,) Dv], weights [B, (Tq,) Tk])``."""
+        attend). Returns ``(context [B, (Tq,) Dv], weights [B, (Tq,) Tk])``; weights is
+        None with ``need_weights=False``."""
         pk = self.project_keys(keys) if projected_keys is None else projected_keys
         q, extra = self._query_args(query)
         return F.attention(q, pk, keys if values is None else values, score=self.score,
-                           lengths=lengths, mask=mask, **extra)
+                           lengths=lengths, mask=mask, need_weights=need_weights, **extra)
 
 
 class AdditiveAttention(_Attention):
