@@ -1,10 +1,12 @@
 """The benchmark runner: fused_rnn vs torch.nn vs the nn.*Cell loop, in one process.
 
-    python -m benchmarks.run                       # CPU, LSTM and GRU, every available backend
+    python -m benchmarks.run                       # CPU, recurrence and attention, every backend
+    python -m benchmarks.run --ops attention       # attention only
     python -m benchmarks.run --device cuda --plot benchmarks/results/latest-cuda.png
     python -m benchmarks.run --quick --cells lstm --backends reference
 
-Prints one table row per (cell, shape, mode, implementation) and writes every row, with
+Prints one table row per (cell, shape, mode, implementation), then one per attention
+(score kind, shape, mode, backend) against the reference, and writes every row, with
 the machine, versions and commit, to JSON (default benchmarks/results/latest-<device>.json).
 The GEMM ceiling is measured in the same run, before and after the rows, so the fractions
 of it are comparable across machines.
@@ -13,6 +15,7 @@ of it are comparable across machines.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -28,6 +31,7 @@ import torch
 import fused_rnn
 from fused_rnn.backends import backend_names
 
+from . import attention_cases as AC
 from . import cases as C
 from .measure import OtherLoad, gemm_gflops, peak_mib, saved_for_backward_mib, time_ms
 
@@ -42,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--cells", default=",".join(C.CELLS),
                    help="comma-separated subset of: " + ", ".join(C.CELLS))
+    p.add_argument("--ops", default="recurrence,attention",
+                   help="comma-separated subset of: recurrence, attention")
     p.add_argument("--backends", default=None,
                    help="comma-separated fused_rnn backends to time (default: all available)")
     p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per row")
@@ -55,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also draw a PNG here (needs matplotlib)")
     args = p.parse_args(argv)
     args.cells = _parse_cells(p, args.cells)
+    args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    if not args.ops or set(args.ops) - {"recurrence", "attention"}:
+        p.error(f"--ops: expected a comma-separated subset of recurrence, attention, got {args.ops}")
     args.backends = _parse_backends(p, args.backends)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
@@ -233,6 +242,49 @@ def measure_all(args, device: torch.device, dtype: torch.dtype) -> list:
     return rows
 
 
+def measure_attention(args, device: torch.device, dtype: torch.dtype) -> list:
+    """Each fused backend and the reference per attention case, with times as a ratio to the
+    reference's and peak memory."""
+    rows = []
+    for case in AC.all_cases():
+        inputs = AC.build_inputs(case, device, dtype)
+        for backend in [AC.REFERENCE] + [b for b in args.backends if b != AC.REFERENCE]:
+            row = {"kind": case.kind, "mode": case.mode, "backend": backend,
+                   **dataclasses.asdict(case.shape)}
+            reason = AC.unsupported_reason(case, inputs, backend)
+            if reason:
+                rows.append({**row, "skipped": reason})
+                continue
+            runner = AC.make_runner(case, inputs, backend)
+            timing = time_ms(runner, device, args.warmup, args.repeats)
+            row.update(median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
+                       times_ms=timing.times_ms, peak_mib=peak_mib(runner, device))
+            rows.append(row)
+            print(f"  attn {case.kind} {case.shape.label} {case.mode:7} {backend}: "
+                  f"{row['median_ms']:.1f} ms", file=sys.stderr, flush=True)
+    ref = {(r["kind"], r["B"], r["Tq"], r["Tk"], r["D"], r["mode"]): r for r in rows
+           if r["backend"] == AC.REFERENCE and "median_ms" in r}
+    for r in rows:
+        base = ref.get((r["kind"], r["B"], r["Tq"], r["Tk"], r["D"], r["mode"]))
+        if base and "median_ms" in r:
+            r["vs_reference"] = r["median_ms"] / base["median_ms"]
+            r["peak_vs_reference"] = r["peak_mib"] / base["peak_mib"] if base["peak_mib"] else None
+    return rows
+
+
+ATTN_COLUMNS = (
+    ("score", 8, lambda r: r["kind"]),
+    ("shape", 22, lambda r: f"B{r['B']} Tq{r['Tq']} Tk{r['Tk']} D{r['D']}"),
+    ("mode", 7, lambda r: r["mode"]),
+    ("backend", 10, lambda r: r["backend"]),
+    ("median ms", 9, lambda r: f"{r['median_ms']:.2f}"),
+    ("min ms", 8, lambda r: f"{r['min_ms']:.2f}"),
+    ("x reference", 11, lambda r: _fmt(r.get("vs_reference"), "{:.3f}")),
+    ("peak MiB", 8, lambda r: _fmt(r.get("peak_mib"), "{:.1f}")),
+    ("peak x ref", 10, lambda r: _fmt(r.get("peak_vs_reference"), "{:.3f}")),
+)
+
+
 def _print_progress(row: dict) -> None:
     what = f"{row['cell']} T{row['T']} B{row['B']} {row['mode']:7} {row['implementation']}"
     done = "skipped" if "skipped" in row else f"{row['median_ms']:.1f} ms"
@@ -286,13 +338,12 @@ def table_legend(meta: dict, args) -> str:
     return "\n".join(lines)
 
 
-def format_table(rows: list, device_type: str) -> str:
-    columns = COLUMNS
+def format_table(rows: list, device_type: str, columns=COLUMNS) -> str:
     lines = [" | ".join(h.rjust(w) for h, w, _ in columns)]
     lines.append("-+-".join("-" * w for _, w, _ in columns))
     for r in rows:
         if "skipped" in r:
-            lead = " | ".join(f(r).rjust(w) for _, w, f in columns[:4])
+            lead = " | ".join(f(r).rjust(w) for _, w, f in columns[:4])  # the case's columns
             lines.append(f"{lead} | skipped: {r['skipped'].splitlines()[0]}")
         else:
             lines.append(" | ".join(f(r).rjust(w) for _, w, f in columns))
@@ -345,23 +396,30 @@ def main(argv=None) -> int:
     meta = environment(device, dtype)
     other_load = OtherLoad()
     gemm_before = gemm_gflops(args.gemm_size, device, dtype)
-    rows = measure_all(args, device, dtype)
+    rows = measure_all(args, device, dtype) if "recurrence" in args.ops else []
+    attn_rows = measure_attention(args, device, dtype) if "attention" in args.ops else []
     # Measured again after the rows: a drop means the machine throttled or got busy.
     gemm_after = gemm_gflops(args.gemm_size, device, dtype)
     meta["gemm"] = {"n": args.gemm_size, "gflops_before": gemm_before, "gflops_after": gemm_after}
     add_ratios(rows, max(gemm_before, gemm_after))
     tag_rows(rows, meta)
+    tag_rows(attn_rows, meta)
     meta["settings"] = {"warmup": args.warmup, "repeats": args.repeats,
-                        "backends": args.backends, "cells": args.cells}
+                        "backends": args.backends, "cells": args.cells, "ops": args.ops}
     meta["runtime_s"] = time.perf_counter() - started
     meta["other_processes_cores"] = other_load.cores_used()
 
     print(table_legend(meta, args))
-    print(format_table(rows, device.type))
+    if rows:
+        print(format_table(rows, device.type))
+    if attn_rows:
+        print("\nattention (x reference: time / the reference's; peak x ref: peak memory / the "
+              "reference's; fwd+bwd of the context, weights not returned)")
+        print(format_table(attn_rows, device.type, ATTN_COLUMNS))
     _print_warnings(rows, meta, args)
-    write_json(args.out, meta, rows)
+    write_json(args.out, meta, rows + attn_rows)
     print(f"json: {args.out}")
-    if args.plot:
+    if args.plot and rows:
         plot(args.plot, rows, meta)
     print(f"total {meta['runtime_s']:.0f} s")
     return 0
