@@ -1,0 +1,79 @@
+"""Use from several Python threads at once (each thread's backend choice is its own, results
+are those of a serial run) and no memory growth over many training steps."""
+
+import os
+import threading
+
+import pytest
+import torch
+
+import fused_rnn
+
+
+def _step(m, x):
+    out, (h, c) = m(x)
+    loss = out.square().sum() + h.sum() + c.sum()
+    grads = torch.autograd.grad(loss, [x] + list(m.parameters()))
+    return [out.detach(), h.detach()] + list(grads)
+
+
+def test_threads_get_serial_results_and_their_own_backend_choice():
+    backends = fused_rnn.available_backends()
+    m = fused_rnn.LSTM(5, 8, num_layers=2, bidirectional=True).double()
+    inputs = [torch.randn(6, 3, 5, dtype=torch.float64, requires_grad=True) for _ in range(8)]
+    expected = []
+    for k, x in enumerate(inputs):
+        with fused_rnn.use_backend(backends[k % len(backends)]):
+            expected.append(_step(m, x))
+    results, errors = [None] * len(inputs), []
+
+    def work(k):
+        try:
+            name = backends[k % len(backends)]
+            with fused_rnn.use_backend(name):
+                for _ in range(5):
+                    assert fused_rnn.current_backend() == name
+                    results[k] = _step(m, inputs[k])
+        except Exception as e:  # noqa: BLE001 - reported below with its thread
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for got, want in zip(results, expected):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+def _rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc to read RSS")
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_training_steps_do_not_grow_memory(mode):
+    cls = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}[mode]
+    m = cls(16, 32, batch_first=True)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    x = torch.randn(8, 20, 16)
+    lengths = torch.randint(1, 21, (8,))
+
+    def step():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                         enforce_sorted=False)
+        out, _ = m(packed)
+        opt.zero_grad()
+        out.data.square().mean().backward()
+        opt.step()
+
+    for _ in range(200):
+        step()
+    before = _rss_mib()
+    for _ in range(1000):
+        step()
+    grown = _rss_mib() - before
+    assert grown < 8, f"RSS grew by {grown:.1f} MiB over 1,000 training steps"
