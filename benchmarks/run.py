@@ -356,34 +356,38 @@ def write_json(path: pathlib.Path, meta: dict, rows: list) -> None:
 
 
 def plot(path: pathlib.Path, rows: list, meta: dict) -> None:
-    """One panel per mode: each implementation's time relative to torch.nn, per case."""
+    """One panel per (cell, mode): time per step against batch size, one line per
+    implementation (log scales)."""
     try:
         import matplotlib
     except ImportError:
-        print(f"note: --plot {path} skipped: matplotlib is not installed")
+        print(f"note: --plot {path} skipped: matplotlib is not installed (pip install matplotlib)")
         return
     matplotlib.use("Agg")  # no display on benchmark machines
     import matplotlib.pyplot as plt
 
-    timed = [r for r in rows if r.get("vs_torch_nn") is not None]
+    timed = [r for r in rows if "us_per_step" in r]
+    panels = list(dict.fromkeys((r["cell"], r["mode"]) for r in timed))
     implementations = list(dict.fromkeys(r["implementation"] for r in timed))
-    color_of = {name: f"C{i}" for i, name in enumerate(implementations)}
-    fig, axes = plt.subplots(1, len(C.MODES), figsize=(6 * len(C.MODES), 0.3 * len(timed) + 2),
-                             squeeze=False)
-    for ax, mode in zip(axes[0], C.MODES):
-        mine = [r for r in timed if r["mode"] == mode]
-        labels = [f"{r['cell']} B{r['B']} H{r['H']} {r['implementation']}" for r in mine]
-        ax.barh(range(len(mine)), [r["vs_torch_nn"] for r in mine],
-                color=[color_of[r["implementation"]] for r in mine])
-        ax.set_yticks(range(len(mine)), labels, fontsize=7)
-        ax.axvline(1.0, color="k", linewidth=0.8)
-        ax.invert_yaxis()
-        ax.set_xlabel("time / torch.nn time (lower is faster)")
-        ax.set_title(mode)
-    fig.suptitle(f"{meta['device_name']}, torch {meta['torch']}, {meta['dtype']}", fontsize=9)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (cell, mode) in zip(axes[0], panels):
+        for k, name in enumerate(implementations):
+            pts = sorted((r["B"], r["us_per_step"]) for r in timed
+                         if r["cell"] == cell and r["mode"] == mode and r["implementation"] == name)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=f"C{k}", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("us per step")
+        ax.set_title(f"{cell} {mode}", fontsize=9)
+        ax.grid(True, which="both", linewidth=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{meta['device_name']}, torch {meta['torch']}, {meta['dtype']}, "
+                 f"commit {(meta['git_commit'] or '?')[:10]}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f"plot: {path}")
 
 

@@ -1,0 +1,107 @@
+"""The README's benchmark table, generated from the newest result file of each device in
+benchmarks/results/ (never written by hand).
+
+    python -m benchmarks.readme_table           # rewrite the table in README.md
+    python -m benchmarks.readme_table --check   # exit 1 if README.md is not up to date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
+
+
+def newest_per_device() -> list:
+    """(path, data) of the newest committed result file per device (by its recorded date)."""
+    newest = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.name.startswith("latest-"):
+            continue  # the runner's default output, not a committed result
+        data = json.loads(path.read_text())
+        key = data["metadata"]["device"], data["metadata"]["device_name"]
+        if key not in newest or data["metadata"]["date_utc"] > newest[key][1]["metadata"]["date_utc"]:
+            newest[key] = (path, data)
+    return [newest[k] for k in sorted(newest)]
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def recurrence_lines(rows: list) -> list:
+    fused = [r for r in rows if "cell" in r and r.get("backend") and r["backend"] != "reference"
+             and "median_ms" in r]
+    peak = {(r["cell"], r["B"], r["mode"], r["implementation"]): r.get("peak_mib") for r in rows
+            if "cell" in r}
+    lines = ["| cell | shape | mode | backend | ms | vs torch.nn | vs cell loop | peak MiB vs torch.nn |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in fused:
+        mine, base = peak.get((r["cell"], r["B"], r["mode"], r["implementation"])), \
+            peak.get((r["cell"], r["B"], r["mode"], "torch.nn"))
+        mem = f"{mine:.1f} vs {base:.1f}" if mine is not None and base is not None else "-"
+        lines.append(f"| {r['cell']} | T{r['T']} B{r['B']} I{r['I']} H{r['H']} | {r['mode']} | "
+                     f"{r['backend']} | {r['median_ms']:.1f} | {_ratio(r.get('vs_torch_nn'))} | "
+                     f"{_ratio(r.get('vs_cell_loop'))} | {mem} |")
+    return lines
+
+
+def attention_lines(rows: list) -> list:
+    fused = [r for r in rows if "kind" in r and r["backend"] != "reference" and "median_ms" in r]
+    if not fused:
+        return []
+    lines = ["", "| attention | shape | mode | backend | ms | vs reference | peak memory vs reference |",
+             "|---|---|---|---|---|---|---|"]
+    for r in fused:
+        lines.append(f"| {r['kind']} | B{r['B']} Tq{r['Tq']} Tk{r['Tk']} D{r['D']} | {r['mode']} | "
+                     f"{r['backend']} | {r['median_ms']:.2f} | {_ratio(r.get('vs_reference'))} | "
+                     f"{_ratio(r.get('peak_vs_reference'))} |")
+    return lines
+
+
+def table() -> str:
+    parts = []
+    for path, data in newest_per_device():
+        m = data["metadata"]
+        parts.append(f"**{m['device_name']}** ({m['device']}, {m['torch_threads']} threads, "
+                     f"{m['dtype']}, torch {m['torch']}, {m['date_utc'][:10]}, commit "
+                     f"{(m['git_commit'] or '?')[:10]}): `{path.relative_to(ROOT)}`, median of "
+                     f"{m['settings']['repeats']} runs; ratios below 1 are faster / smaller.")
+        parts.append("")
+        parts.extend(recurrence_lines(data["rows"]) + attention_lines(data["rows"]))
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def updated_readme() -> str:
+    text = README.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} section")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table()}{END}{tail}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.readme_table", description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if README.md is not up to date")
+    args = p.parse_args(argv)
+    new = updated_readme()
+    if args.check:
+        if new != README.read_text():
+            print("README.md's benchmark table is stale: run python -m benchmarks.readme_table")
+            return 1
+        return 0
+    README.write_text(new)
+    print("README.md: benchmark table rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
