@@ -35,6 +35,10 @@ class AttnShape:
 
 # The teacher-forced additive case, and one decoder step over a long source.
 SHAPES = (AttnShape(B=32, Tq=32, Tk=64, D=256), AttnShape(B=16, Tq=1, Tk=512, D=256))
+# DESIGN.md's GPU matrix: decoder steps over short to long sources.
+GPU_SHAPES = tuple(AttnShape(B=b, Tq=1, Tk=tk, D=d) for b in (1, 16, 64)
+                   for tk in (128, 512, 4096) for d in (256, 1024)) + SHAPES[:1]
+MATRICES = {"cpu": SHAPES, "gpu": GPU_SHAPES}
 
 
 @dataclasses.dataclass(frozen=True)

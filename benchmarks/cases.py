@@ -44,6 +44,10 @@ class Shape:
 
 # DESIGN.md's CPU target shape, and a small-batch, decoder-like one.
 SHAPES = (Shape(T=100, B=64, I=256, H=256), Shape(T=100, B=16, I=256, H=256))
+# DESIGN.md's GPU matrix: fastrnns, FlashRNN's shape, then batch x hidden size at T=512.
+GPU_SHAPES = (Shape(T=100, B=64, I=512, H=512), Shape(T=1024, B=16, I=768, H=768)) + tuple(
+    Shape(T=512, B=b, I=h, H=h) for b in (1, 16, 64, 256) for h in (256, 512, 1024))
+MATRICES = {"cpu": SHAPES, "gpu": GPU_SHAPES}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--cells", default=",".join(C.CELLS),
                    help="comma-separated subset of: " + ", ".join(C.CELLS))
+    p.add_argument("--matrix", choices=("cpu", "gpu"), default=None,
+                   help="which shapes (default: the device's; gpu is DESIGN.md's GPU matrix)")
     p.add_argument("--ops", default="recurrence,attention",
                    help="comma-separated subset of: recurrence, attention")
     p.add_argument("--backends", default=None,
@@ -72,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False on this machine")
     args.out = args.out or RESULTS_DIR / f"latest-{args.device}.json"
+    args.matrix = args.matrix or ("gpu" if args.device == "cuda" else "cpu")
     return args
 
 
@@ -231,7 +234,7 @@ def measure_all(args, device: torch.device, dtype: torch.dtype) -> list:
     implementations = C.implementation_names(args.backends)
     rows = []
     for cell in args.cells:
-        for shape in C.SHAPES:
+        for shape in C.MATRICES[args.matrix]:
             workload = C.build_workload(cell, shape, device, dtype)
             for mode in C.MODES:
                 case = C.Case(cell, shape, mode)
@@ -246,7 +249,7 @@ def measure_attention(args, device: torch.device, dtype: torch.dtype) -> list:
     """Each fused backend and the reference per attention case, with times as a ratio to the
     reference's and peak memory."""
     rows = []
-    for case in AC.all_cases():
+    for case in AC.all_cases(shapes=AC.MATRICES[args.matrix]):
         inputs = AC.build_inputs(case, device, dtype)
         for backend in [AC.REFERENCE] + [b for b in args.backends if b != AC.REFERENCE]:
             row = {"kind": case.kind, "mode": case.mode, "backend": backend,
@@ -409,7 +412,8 @@ def main(argv=None) -> int:
     tag_rows(rows, meta)
     tag_rows(attn_rows, meta)
     meta["settings"] = {"warmup": args.warmup, "repeats": args.repeats,
-                        "backends": args.backends, "cells": args.cells, "ops": args.ops}
+                        "backends": args.backends, "cells": args.cells, "ops": args.ops,
+                        "matrix": args.matrix}
     meta["runtime_s"] = time.perf_counter() - started
     meta["other_processes_cores"] = other_load.cores_used()
 

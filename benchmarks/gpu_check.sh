@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU check for contributors with a GPU: builds the extension, runs the tests, runs the
+# GPU benchmark matrix, and leaves log.txt, cuda.json and cuda.png in OUTDIR.
+#
+#   bash benchmarks/gpu_check.sh OUTDIR
+#
+# Uses the torch, triton and nvcc already installed (no network needed); about 9 minutes
+# on an H100. Commit OUTDIR's JSON under benchmarks/results/ named after the device and
+# the date, then run `python -m benchmarks.readme_table`.
+set -euo pipefail
+out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  python -c "import triton; print('triton', triton.__version__)" || true
+  pip install --no-deps --no-build-isolation -e . 
+  python -m pytest tests -q -x -p no:cacheprovider
+  python -m benchmarks.run --device cuda --quick --out "$out/cuda.json" --plot "$out/cuda.png"
+} 2>&1 | tee "$out/log.txt"
