@@ -170,9 +170,10 @@ def select(call: OpCall) -> Backend:
         backend = _REGISTRY[choice]
         reasons = backend.not_supported_reasons(call)
         if reasons:
+            fix = f". {backend.build_hint}" if backend.unavailable_reason() and backend.build_hint else ""
             raise BackendError(
                 f"fused_rnn backend {choice!r} was forced but cannot run {call.describe()}: "
-                + "; ".join(reasons)
+                + "; ".join(reasons) + fix
             )
         return backend
     refusals = []

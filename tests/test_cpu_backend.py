@@ -49,6 +49,12 @@ def test_both_forward_paths_pass_the_parity_tests(input_gemm):
     _run_parity_tests({"FUSED_RNN_CPU_INPUT_GEMM": input_gemm})
 
 
+def _env_cpu_first():
+    """The environment of a child where cpu is the best backend there can be: without
+    TRITON_INTERPRET (which the test session sets) Triton cannot run on CPU tensors."""
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
 def _op_args(B=3, T=4, I=5, H=6):
     x = torch.randn(T, B, I)
     return dict(mode=0, reverse=False, x=x, h0=torch.randn(B, H), c0=torch.randn(B, H),
@@ -78,9 +84,11 @@ def test_op_checks_name_the_argument(change, message):
 
 @needs_extension
 def test_auto_picks_cpu_for_cpu_tensors():
-    assert fused_rnn.available_backends()[0] == "cpu"
-    call = fused_rnn.backends.OpCall("recurrence", torch.device("cpu"), torch.float32, {})
-    assert fused_rnn.backends.select(call).name == "cpu"
+    code = ("import torch, fused_rnn; from fused_rnn import backends; print(backends.select("
+            "backends.OpCall('recurrence', torch.device('cpu'), torch.float32, {})).name)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=_env_cpu_first())
+    assert r.returncode == 0 and r.stdout.strip() == "cpu", r.stdout + r.stderr
 
 
 def test_without_the_extension_auto_falls_back_to_reference_with_one_warning():
@@ -99,9 +107,39 @@ print(fused_rnn.available_backends())
 print(len(msgs))
 print(msgs[0] if msgs else "")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=_env_cpu_first())
     assert r.returncode == 0, r.stderr
     backends_line, count, message = r.stdout.strip().splitlines()
-    assert "cpu" not in backends_line and "reference" in backends_line
+    assert backends_line == "['reference']"
     assert count == "1"
     assert "'cpu'" in message and "pip install --no-build-isolation -e ." in message
+
+
+def test_a_broken_extension_falls_back_and_a_forced_cpu_says_why():
+    """An extension that fails to load (built against another torch: OSError) is reported,
+    not raised at import; forcing the cpu backend names the cause and the fix."""
+    code = """
+import importlib.abc, sys, warnings
+
+class Broken(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "fused_rnn._C":
+            raise OSError("undefined symbol: _ZN3c104impl3fooEv")
+
+sys.meta_path.insert(0, Broken())
+import torch, fused_rnn
+with warnings.catch_warnings(record=True):
+    warnings.simplefilter("always")
+    fused_rnn.GRU(3, 4)(torch.randn(2, 1, 3))
+try:
+    with fused_rnn.use_backend("cpu"):
+        fused_rnn.GRU(3, 4)(torch.randn(2, 1, 3))
+except fused_rnn.BackendError as e:
+    print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=_env_cpu_first())
+    assert r.returncode == 0, r.stderr
+    assert "cannot be loaded (OSError: undefined symbol" in r.stdout, r.stdout
+    assert "pip install --no-build-isolation -e ." in r.stdout, r.stdout
