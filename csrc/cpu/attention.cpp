@@ -2,6 +2,10 @@
 // attention_kernels.h. Arguments are checked by the caller (csrc/bindings/attention.cpp).
 #include "attention.h"
 
+#include <c10/core/GradMode.h>
+
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "attention_kernels.h"
@@ -35,6 +39,75 @@ AttnArgs<T> make_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 // Query rows per task: enough score work to pay for the hand-off.
 int64_t row_grain(int64_t Tk, int64_t D) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, Tk * D)); }
 
+// Dot scores of several queries per batch go through GEMMs (the per-row kernel would do
+// Tq x Tk dot products); one batch at a time, so the scores are [Tq, valid keys] of one
+// batch, never [B, Tq, Tk]. Valid keys are gathered first: a masked key or value is never
+// read, not even a NaN one.
+bool use_gemm_path(bool additive, int64_t Tq) { return !additive && Tq >= 2; }
+
+at::Tensor valid_keys(const at::Tensor& lengths, const at::Tensor& mask, int64_t b, int64_t Tk) {
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  if (lengths.defined()) return at::arange(lengths.data_ptr<int64_t>()[b], opts);
+  if (mask.defined()) return mask[b].nonzero().view({-1});
+  return at::arange(Tk, opts);
+}
+
+// Batch b's softmax weights over its valid keys, [Tq, n], and their log-sum-exp, [Tq].
+std::pair<at::Tensor, at::Tensor> dot_weights(const at::Tensor& qb, const at::Tensor& kv,
+                                              double scale) {
+  const at::Tensor e = at::mm(qb, kv.t()).mul_(scale);
+  const at::Tensor m = std::get<0>(e.max(1, /*keepdim=*/true));  // NaN in a row stays NaN
+  const at::Tensor p = (e - m).exp_();
+  const at::Tensor s = p.sum(1, /*keepdim=*/true);
+  return {p.div_(s), (m + s.log()).view({-1})};
+}
+
+void dot_forward_gemm(const at::Tensor& q, const at::Tensor& k, const at::Tensor& vals,
+                      const at::Tensor& lengths, const at::Tensor& mask, double scale,
+                      at::Tensor& ctx, at::Tensor& weights, at::Tensor& lse) {
+  const int64_t B = q.size(0), Tk = k.size(1);
+  ctx.zero_();
+  lse.fill_(-std::numeric_limits<double>::infinity());
+  if (weights.defined()) weights.zero_();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    const c10::NoGradGuard no_grad;  // a worker thread starts with grad mode on
+    for (int64_t b = b0; b < b1; ++b) {
+      const at::Tensor idx = valid_keys(lengths, mask, b, Tk);
+      if (idx.numel() == 0) continue;  // no valid key: zero weights and context
+      const at::Tensor kv = k[b].index_select(0, idx), vv = vals[b].index_select(0, idx);
+      at::Tensor alpha, row_lse;
+      std::tie(alpha, row_lse) = dot_weights(q[b], kv, scale);
+      at::Tensor ctx_b = ctx[b];
+      at::mm_out(ctx_b, alpha, vv);
+      lse[b].copy_(row_lse);
+      if (weights.defined()) weights[b].index_copy_(1, idx, alpha);
+    }
+  });
+}
+
+void dot_backward_gemm(const at::Tensor& q, const at::Tensor& k, const at::Tensor& vals,
+                       const at::Tensor& lengths, const at::Tensor& mask, double scale,
+                       const at::Tensor& dctx, const at::Tensor& dweights, at::Tensor& dq,
+                       at::Tensor& dk, at::Tensor& dvals) {
+  const int64_t B = q.size(0), Tk = k.size(1);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    const c10::NoGradGuard no_grad;  // a worker thread starts with grad mode on
+    for (int64_t b = b0; b < b1; ++b) {
+      const at::Tensor idx = valid_keys(lengths, mask, b, Tk);
+      if (idx.numel() == 0) continue;
+      const at::Tensor kv = k[b].index_select(0, idx), vv = vals[b].index_select(0, idx);
+      const at::Tensor alpha = dot_weights(q[b], kv, scale).first;  // [Tq, n]
+      at::Tensor dalpha = at::mm(dctx[b], vv.t());
+      if (dweights.defined()) dalpha.add_(dweights[b].index_select(1, idx));
+      const at::Tensor de = alpha * (dalpha - (alpha * dalpha).sum(1, /*keepdim=*/true));
+      at::Tensor dq_b = dq[b];
+      at::mm_out(dq_b, de, kv).mul_(scale);
+      dk[b].index_copy_(0, idx, at::mm(de.t(), q[b]).mul_(scale));
+      dvals[b].index_copy_(0, idx, at::mm(alpha.t(), dctx[b]));
+    }
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward(
@@ -44,6 +117,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_forward(
   at::Tensor ctx = at::empty({B, Tq, Dv}, q.options());
   at::Tensor weights = need_weights ? at::empty({B, Tq, Tk}, q.options()) : at::Tensor();
   at::Tensor lse = at::empty({B, Tq}, q.options());
+  if (use_gemm_path(additive, Tq)) {
+    dot_forward_gemm(q, k, vals, lengths, mask, scale, ctx, weights, lse);
+    return {ctx, weights.defined() ? weights : at::empty({0}, q.options()), lse};
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "fused_rnn::attention_forward", [&] {
     AttnFwd<scalar_t> f;
     f.a = make_args<scalar_t>(q, k, vals, lengths, mask, v, additive, scale, lse);
@@ -64,6 +141,10 @@ std::vector<at::Tensor> attention_backward(
     const at::Tensor& lse, const at::Tensor& dctx, const at::Tensor& dweights) {
   const int64_t B = q.size(0), Tk = k.size(1), D = q.size(2);
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dvals = at::zeros_like(vals);
+  if (use_gemm_path(additive, q.size(1))) {
+    dot_backward_gemm(q, k, vals, lengths, mask, scale, dctx, dweights, dq, dk, dvals);
+    return {dq, dk, dvals, at::empty({0}, q.options())};
+  }
   // Batches in `chunks` contiguous parts, each with its own part of dv (added after), so no
   // two tasks write the same memory whatever the threading.
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads()));
