@@ -109,7 +109,8 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "numpy"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "numpy",
+                 "triton>=3.6; platform_system == 'Linux'"],  # wheels: Linux only
         "bench": ["pytest-benchmark>=4", "matplotlib>=3.5"],
         "triton": ["triton>=3.1"],
     },

@@ -205,6 +205,13 @@ def _warn_if_skipped_for_missing(backend: Backend, call: OpCall) -> None:
 
 
 _FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+# (rtol, atol) against an fp64 reference; half precision is bf16/fp16 storage, fp32 math.
+_TOLERANCES = {
+    torch.float64: (1e-7, 1e-9),
+    torch.float32: (1e-4, 1e-5),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (5e-3, 5e-3),
+}
 
 register_backend(
     Backend(
@@ -216,12 +223,7 @@ register_backend(
         },
         device_types=frozenset({"cpu", "cuda"}),
         dtypes=_FLOATS,
-        tolerances={
-            torch.float64: (1e-7, 1e-9),
-            torch.float32: (1e-4, 1e-5),
-            torch.bfloat16: (2e-2, 2e-2),
-            torch.float16: (5e-3, 5e-3),
-        },
+        tolerances=_TOLERANCES,
     )
 )
 
@@ -247,6 +249,40 @@ register_backend(
         availability=_cpu_availability,
         build_hint="Build the extension with `pip install --no-build-isolation -e .` "
                    "in the fused_rnn checkout.",
+    )
+)
+
+# TRITON_INTERPRET=1 (read by Triton at import) runs the kernels on CPU tensors in NumPy.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_triton_reason: dict = {}  # asked on every call: a failed import must not be retried
+
+
+def _triton_availability() -> Optional[str]:
+    if "reason" not in _triton_reason:
+        try:
+            importlib.import_module("triton")
+            reason = None
+        except ImportError as e:
+            reason = f"triton is not installed (ImportError: {e})"
+        if reason is None and not _TRITON_INTERPRET and not torch.cuda.is_available():
+            reason = "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU, slowly)"
+        _triton_reason["reason"] = reason
+    return _triton_reason["reason"]
+
+
+register_backend(
+    Backend(
+        name="triton",
+        priority=20,
+        modules={"recurrence": "fused_rnn.ops.recurrence.triton",
+                 "attention": "fused_rnn.ops.attention.triton"},
+        device_types=frozenset({"cuda", "cpu"} if _TRITON_INTERPRET else {"cuda"}),
+        dtypes=_FLOATS,
+        tolerances=_TOLERANCES,
+        availability=_triton_availability,
+        build_hint="Install Triton with `pip install triton` (CUDA GPUs).",
     )
 )
 

@@ -4,6 +4,8 @@ dtype; every available backend agrees with the reference backend on outputs, fin
 and every gradient. Bounded examples keep CI quick; a failure found here becomes a plain
 regression test below."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +16,10 @@ import fused_rnn
 from fused_rnn import testing
 from fused_rnn.testing import assert_close, tolerance
 
-FUSED = [b for b in testing.testable_backends() if b != "reference"]
+# Triton's interpreter (CPU) costs ~0.1 s per layer call: fewer examples there.
+INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else set()
+FUSED = [b for b in testing.testable_backends() if b != "reference" and b not in INTERPRETED]
+SLOW = [b for b in testing.testable_backends() if b in INTERPRETED]
 CLASSES = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU, "rnn_tanh": fused_rnn.RNN,
            "rnn_relu": fused_rnn.RNN}
 
@@ -88,3 +93,12 @@ def test_backend_agrees_with_reference(backend, c):
     _, want = run("reference", c)
     for n, a, e in zip(names, got, want):
         assert_close(a, e, rtol=rtol, atol=atol, name=n)
+
+
+@pytest.mark.skipif(not SLOW, reason="no interpreted backend here")
+@pytest.mark.parametrize("backend", SLOW)
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(c=configs())
+def test_interpreted_backend_agrees_with_reference(backend, c):
+    test_backend_agrees_with_reference.hypothesis.inner_test(backend, c)
