@@ -120,11 +120,12 @@ def compile_all(arch: int) -> list:
     return rows
 
 
-# Known and open (issue 4): on sm_80 the whole-sequence kernels (H <= 256) spill a few
-# dozen bytes (LSTM fwd with projection, LSTM bwd, GRU fwd bf16); smaller tiles or a split
-# loop are the next things to try. Listed here so that any other spill fails, and so that
-# fixing one of these fails too until it is removed from the list.
-KNOWN_SPILLS = {80: {"recurrence_fwd_seq_kernel", "recurrence_bwd_seq_kernel"}}
+# Known and open (issue 4): the whole-sequence kernels (H <= 256) spill a few dozen bytes
+# on sm_80 (LSTM fwd with projection, LSTM bwd, GRU fwd bf16) and on sm_90 (LSTM fwd bf16
+# saving for backward); smaller tiles or a split loop are the next things to try. Listed
+# here so that any other spill fails, and so that fixing one fails until it is removed.
+KNOWN_SPILLS = {80: {"recurrence_fwd_seq_kernel", "recurrence_bwd_seq_kernel"},
+                90: {"recurrence_fwd_seq_kernel"}}
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=[f"sm_{a}" for a in ARCHS])
