@@ -154,7 +154,8 @@ def main(argv=None) -> None:
     try:
         from tqdm import trange
     except ImportError:  # the progress bar is a nicety, not a requirement
-        trange = range
+        def trange(n, **_):
+            return range(n)
 
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
