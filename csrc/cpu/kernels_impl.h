@@ -47,11 +47,20 @@ inline void st(const Vec<T>& v, T* p, int64_t j, int64_t n) {  // p: [>= j + n]
   }
 }
 
-// x (+ bias) at column c of a gate row.
+// v + p[c, c + n), or v when the optional term p (a bias, gi) is absent.
 template <typename T>
-inline Vec<T> with_bias(const T* x, const T* bias, int64_t c, int64_t n) {
-  const Vec<T> v = ld(x, c, n);
-  return bias ? v + ld(bias, c, n) : v;
+inline Vec<T> plus(const Vec<T>& v, const T* p, int64_t c, int64_t n) {
+  return p ? v + ld(p, c, n) : v;
+}
+
+// The four saved activations of units [j, j + n) into a row's slots [4H].
+template <typename T>
+inline void store_slots(T* row, int64_t H, int64_t j, int64_t n, const Vec<T>& s0,
+                        const Vec<T>& s1, const Vec<T>& s2, const Vec<T>& s3) {
+  st(s0, row, j, n);
+  st(s1, row, H + j, n);
+  st(s2, row, 2 * H + j, n);
+  st(s3, row, 3 * H + j, n);
 }
 
 // float: ATen's polynomial exp_u20 (a few ulp, no Sleef call), with sigmoid and tanh built on
@@ -266,22 +275,16 @@ inline void lstm_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n,
   const auto& s = a.s;
   const int64_t H = s.H;
   const T* bias = a.bias;
-  const Vec<T> i = sigmoid(bias ? pre[0] + ld(bias, j, n) : pre[0]);
-  const Vec<T> f = sigmoid(bias ? pre[1] + ld(bias, H + j, n) : pre[1]);
-  const Vec<T> g = tanh_(bias ? pre[2] + ld(bias, 2 * H + j, n) : pre[2]);
-  const Vec<T> o = sigmoid(bias ? pre[3] + ld(bias, 3 * H + j, n) : pre[3]);
+  const Vec<T> i = sigmoid(plus(pre[0], bias, j, n));
+  const Vec<T> f = sigmoid(plus(pre[1], bias, H + j, n));
+  const Vec<T> g = tanh_(plus(pre[2], bias, 2 * H + j, n));
+  const Vec<T> o = sigmoid(plus(pre[3], bias, 3 * H + j, n));
   const Vec<T> cn = f * ld(a.c_prev + b * H, j, n) + i * g;
   const Vec<T> h = o * tanh_(cn);
   st(cn, a.c_new + b * H, j, n);
   st(h, a.h_new + b * H, j, n);
   if (a.y) st(h, a.y + (s.pos(b) * s.B + b) * H, j, n);  // P == H without a projection
-  if (a.acts) {
-    T* acts = a.acts + b * 4 * H;  // [4H]
-    st(i, acts, j, n);
-    st(f, acts, H + j, n);
-    st(g, acts, 2 * H + j, n);
-    st(o, acts, 3 * H + j, n);
-  }
+  if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, i, f, g, o);
 }
 
 // pre: r and z pre-activations and W_hn h (no bias); nx = W_in x.
@@ -291,20 +294,14 @@ inline void gru_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, 
   const auto& s = a.s;
   const int64_t H = s.H;
   const T* bias = a.bias;
-  const Vec<T> r = sigmoid(bias ? pre[0] + ld(bias, j, n) : pre[0]);
-  const Vec<T> z = sigmoid(bias ? pre[1] + ld(bias, H + j, n) : pre[1]);
-  const Vec<T> hn = a.b_hn ? pre[2] + ld(a.b_hn, j, n) : pre[2];
-  const Vec<T> nn = tanh_((bias ? nx + ld(bias, 2 * H + j, n) : nx) + r * hn);
+  const Vec<T> r = sigmoid(plus(pre[0], bias, j, n));
+  const Vec<T> z = sigmoid(plus(pre[1], bias, H + j, n));
+  const Vec<T> hn = plus(pre[2], a.b_hn, j, n);
+  const Vec<T> nn = tanh_(plus(nx, bias, 2 * H + j, n) + r * hn);
   const Vec<T> hv = nn + z * (ld(a.h_prev + b * H, j, n) - nn);
   st(hv, a.h_new + b * H, j, n);
   if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
-  if (a.acts) {
-    T* acts = a.acts + b * 4 * H;  // [4H]
-    st(r, acts, j, n);
-    st(z, acts, H + j, n);
-    st(nn, acts, 2 * H + j, n);
-    st(hn, acts, 3 * H + j, n);
-  }
+  if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, r, z, nn, hn);
 }
 
 template <typename T>
@@ -312,7 +309,7 @@ inline void rnn_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, 
                           bool relu) {
   const auto& s = a.s;
   const int64_t H = s.H;
-  const Vec<T> x = a.bias ? pre + ld(a.bias, j, n) : pre;
+  const Vec<T> x = plus(pre, a.bias, j, n);
   const Vec<T> hv = relu ? at::vec::clamp_min(x, Vec<T>(T(0))) : tanh_(x);
   st(hv, a.h_new + b * H, j, n);
   if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
@@ -353,21 +350,15 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
       if (!s.active(b)) {
         carry_units(a, b, j, n, MODE == kLSTM);
       } else if constexpr (MODE == kLSTM) {
-        Vec<T> pre[4] = {acc[0], acc[1], acc[2], acc[3]};
-        if (gi) {
-          for (int k = 0; k < 4; ++k) pre[k] = pre[k] + ld(gi, k * H + j, n);
-        }
+        const Vec<T> pre[4] = {plus(acc[0], gi, j, n), plus(acc[1], gi, H + j, n),
+                               plus(acc[2], gi, 2 * H + j, n), plus(acc[3], gi, 3 * H + j, n)};
         lstm_fwd_units(a, b, j, n, pre);
       } else if constexpr (MODE == kGRU) {
-        if (gi) {
-          const Vec<T> pre[3] = {acc[0] + ld(gi, j, n), acc[1] + ld(gi, H + j, n), acc[2]};
-          gru_fwd_units(a, b, j, n, pre, ld(gi, 2 * H + j, n));
-        } else {
-          gru_fwd_units(a, b, j, n, acc, nx[g][r]);
-        }
+        // hn (acc[2]) takes no gi: the input part of n sits outside the reset product.
+        const Vec<T> pre[3] = {plus(acc[0], gi, j, n), plus(acc[1], gi, H + j, n), acc[2]};
+        gru_fwd_units(a, b, j, n, pre, gi ? ld(gi, 2 * H + j, n) : nx[g][r]);
       } else {
-        const Vec<T> pre = gi ? acc[u] + ld(gi, j, n) : acc[u];
-        rnn_fwd_units(a, b, j, n, pre, MODE == kRNN_RELU);
+        rnn_fwd_units(a, b, j, n, plus(acc[u], gi, j, n), MODE == kRNN_RELU);
       }
     }
   };
