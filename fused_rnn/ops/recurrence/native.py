@@ -13,6 +13,7 @@ import torch
 
 from ... import _native
 from .cells import GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
+from .saved_layout import fused_saved_like
 
 MODES = {LSTM: 0, GRU: 1, RNN_TANH: 2, RNN_RELU: 3}
 
@@ -51,3 +52,8 @@ def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc
         w_hr=None if w.w_hr is None else dw_hr,
     )
     return dx, dh0, (dc0 if mode == LSTM else None), grads
+
+
+def saved_like(mode, x, h0, c0, w: LayerWeights, lengths):
+    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
+    return fused_saved_like(mode, x, w)

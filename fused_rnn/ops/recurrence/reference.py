@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .cells import GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
+from .saved_layout import reference_saved_like
 
 
 def _reverse_index(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
@@ -193,3 +194,8 @@ def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc
         w_hr=None if ys_pre is None else _flat(torch.stack(dhs)).t().mm(_flat(ys_pre)),
     )
     return dx, dh, dc, grads
+
+
+def saved_like(mode, x, h0, c0, w: LayerWeights, lengths):
+    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
+    return reference_saved_like(mode, x, w)
