@@ -1,6 +1,9 @@
 """Plain-PyTorch encoder-decoder attention: the oracle every attention backend is tested
 against. Differentiable by autograd; the additive score materialises [B, Tq, Tk, A],
-which is exactly what the fused kernels avoid.
+which is exactly what the fused kernels avoid. Half inputs (bf16, fp16) are computed in
+fp32 and rounded once at the end, as the fused kernels accumulate: rounding the scores
+and the softmax in bf16 made the gradients ~10x less accurate than torch's
+scaled_dot_product_attention in bf16 (tests/test_low_precision.py).
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ def masked_softmax(e: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tens
     """Softmax over the last axis restricted to ``valid`` [B, Tk] (True = attend).
 
     A row with no valid key gets all-zero weights, not NaN; a NaN score at a valid key
-    propagates; one at a masked key is ignored.
+    propagates; one at a masked key is ignored. No keys at all (Tk = 0): empty weights.
     """
+    if e.shape[-1] == 0:  # amax over an empty axis raises; there is nothing to normalise
+        return e.clone()
     if valid is not None:
         e = e.masked_fill(~valid.unsqueeze(1), float("-inf"))
     m = e.amax(-1, keepdim=True)
@@ -53,6 +58,10 @@ def forward(query, keys, values, valid=None, score: str = DOT, v=None, weight=No
     effect, not even a NaN or inf one (a zero weight times NaN would be NaN), as in a kernel
     that never reads it.
     """
+    if query.dtype in (torch.float16, torch.bfloat16):
+        up = [None if t is None else t.float() for t in (query, keys, values, v, weight)]
+        context, w = forward(up[0], up[1], up[2], valid, score, up[3], up[4], scale)
+        return context.to(query.dtype), w.to(query.dtype)
     if valid is not None:
         keep = valid.unsqueeze(-1)
         keys, values = keys.masked_fill(~keep, 0), values.masked_fill(~keep, 0)

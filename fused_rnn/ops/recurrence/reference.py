@@ -8,6 +8,10 @@ backward of ``MATH.md`` that every fused backend implements:
    pre-activation gradients ``da`` of each step, passing ``dh_prev = da_h @ W_hh`` on;
 2. after the loop, one GEMM per weight gradient over all steps at once.
 
+Half inputs (bf16, fp16) are stored in their dtype but computed in fp32, as torch.nn and
+the fused kernels do: gates and a cell state rounded to bf16 at every step made this
+backend's bf16 LSTM output error ~3x torch.nn's (tests/test_low_precision.py).
+
 Lengths: row b is active at loop steps ``t < L_b``; an inactive row keeps its state,
 emits zeros, and in backward passes ``dh``/``dc`` through untouched. The reverse
 direction reverses each row within its own length (an index gather that is its own
@@ -74,6 +78,17 @@ def _cell_forward(mode, gi, h, c, w: LayerWeights):
     return h_new, None, ()
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _fp32(*tensors):
+    return tuple(None if t is None else t.float() for t in tensors)
+
+
+def _like(dtype, *tensors):
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
 def _fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
     """Run one layer and direction.
 
@@ -82,6 +97,10 @@ def _fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
     or None, and ``saved``: the tensors ``_bwd`` needs (in loop order), or () if not
     ``need_saved``.
     """
+    if x.dtype in _HALF:
+        y, h, c, saved = _fwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
+                              lengths, need_saved)
+        return (*_like(x.dtype, y, h, c), _like(x.dtype, *saved))
     if reverse:
         index = _reverse_index(x, lengths)
         x = _gather_time(x, index)
@@ -154,6 +173,10 @@ def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc
     dy [T, B, P]; dh_n [B, P] or None; dc_n [B, H] or None.
     Returns (dx, dh0, dc0, LayerWeights of gradients).
     """
+    if x.dtype in _HALF:
+        dx, dh, dc, grads = _bwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
+                                 lengths, _fp32(*saved), *_fp32(dy, dh_n, dc_n))
+        return (*_like(x.dtype, dx, dh, dc), LayerWeights(*_like(x.dtype, *grads)))
     acts_all, hs = saved[0], saved[1]
     cs = saved[2] if mode == LSTM else None
     ys_pre = saved[3] if mode == LSTM and w.w_hr is not None else None
