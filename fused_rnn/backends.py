@@ -187,6 +187,14 @@ def select(call: OpCall) -> Backend:
     raise BackendError(f"no fused_rnn backend can run {call.describe()}:\n  " + "\n  ".join(refusals))
 
 
+@torch.compiler.assume_constant_result
+def select_name(op: str, device_type: str, dtype: torch.dtype, sizes: tuple) -> str:
+    """:func:`select` for code traced by torch.compile: the name of the backend, computed
+    once while tracing (``sizes`` as ``(name, value)`` pairs). The compiled graph keeps
+    that backend: a later ``set_backend`` takes effect in a new compilation."""
+    return select(OpCall(op, torch.device(device_type), dtype, dict(sizes))).name
+
+
 def _warn_if_skipped_for_missing(backend: Backend, call: OpCall) -> None:
     """Warn once when ``backend`` would have run ``call`` but is missing on this machine."""
     missing = backend.unavailable_reason()

@@ -7,6 +7,7 @@ Shapes use T (steps), B (batch), I (input size), H (hidden size), P (``proj_size
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -14,18 +15,34 @@ import torch.nn.functional as F
 
 from . import backends
 from .ops.attention.checks import check_attention_args
+from .ops.attention import reference as attention_reference
 from .ops.attention.function import fused_attention
 from .ops.recurrence.cells import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights, split_flat_weights
 from .ops.recurrence.checks import (check_float_tensor, check_like, check_shape,
                                     normalize_lengths, shape_str)
 from .ops.recurrence.function import recurrence_layer
+from .ops.recurrence.library import compiled_layer
 
 
-def _recurrence_ops(mode: str, x: torch.Tensor, w: LayerWeights):
-    sizes = {"mode": mode, "batch": x.shape[1], "input_size": w.w_ih.shape[1],
-             "hidden_size": w.w_ih.shape[0] // GATES[mode],
-             "proj_size": 0 if w.w_hr is None else w.w_hr.shape[0]}
-    return backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
+def _weight_sizes(mode: str, w: LayerWeights) -> dict:
+    return {"mode": mode, "input_size": w.w_ih.shape[1],
+            "hidden_size": w.w_ih.shape[0] // GATES[mode],
+            "proj_size": 0 if w.w_hr is None else w.w_hr.shape[0]}
+
+
+def _layer_runner(mode: str, x: torch.Tensor, w: LayerWeights):
+    """``run(reverse, x, h0, c0, w, lengths) -> (y, h_n, c_n)`` on the selected backend.
+
+    Under torch.compile the layers are custom ops (``ops/recurrence/library.py``) and the
+    batch size stays out of the choice, so that a new batch size needs no new choice.
+    """
+    if torch.compiler.is_compiling():
+        name = backends.select_name("recurrence", x.device.type, x.dtype,
+                                    tuple(_weight_sizes(mode, w).items()))
+        return functools.partial(compiled_layer, name, mode)
+    sizes = dict(_weight_sizes(mode, w), batch=x.shape[1])
+    ops = backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
+    return functools.partial(recurrence_layer, ops, mode)
 
 
 def _check_weights(layers, x: torch.Tensor, mode: str) -> None:
@@ -102,14 +119,13 @@ def recurrence(mode: str, input: torch.Tensor, hx, weights, *, num_layers: int =
     _check_weights(layers, x, mode)
     h0, c0 = _initial_state(mode, hx, layers, x)
     lengths = normalize_lengths(lengths, x.shape[1], x.shape[0])
-    ops = _recurrence_ops(mode, x, layers[0][0])
+    run_layer = _layer_runner(mode, x, layers[0][0])
     h_n, c_n = [], []
     for li, dirs in enumerate(layers):
         outs = []
         for d, w in enumerate(dirs):
             k = li * D + d
-            y, h, c = recurrence_layer(ops, mode, d == 1, x, h0[k], None if c0 is None else c0[k],
-                                       w, lengths)
+            y, h, c = run_layer(d == 1, x, h0[k], None if c0 is None else c0[k], w, lengths)
             outs.append(y)
             h_n.append(h)
             c_n.append(c)
@@ -233,16 +249,30 @@ def attention(query, keys, values=None, *, score="dot", lengths=None, mask=None,
     step = query.dim() == 2
     q = query.unsqueeze(1) if step else query
     values, valid = check_attention_args(q, keys, values, score, lengths, mask, v, weight, scale)
-    sizes = {"score": score, "batch": q.shape[0], "query_steps": q.shape[1],
-             "key_steps": keys.shape[1], "key_size": keys.shape[-1], "value_size": values.shape[-1]}
-    backend = backends.select(backends.OpCall("attention", q.device, q.dtype, sizes))
-    ops = backend.ops("attention")
-    if hasattr(ops, "_fwd"):  # a fused backend: its Function, forward and backward
-        context, weights = fused_attention(ops, q, keys, values, valid, score, v, weight, scale,
-                                           need_weights)
-    else:
-        context, weights = ops.forward(q, keys, values, valid, score, v, weight, scale)
-        weights = weights if need_weights else None
+    context, weights = _attention_on_backend(q, keys, values, valid, score, v, weight, scale,
+                                             need_weights)
     if step:
         return context.squeeze(1), (None if weights is None else weights.squeeze(1))
     return context, weights
+
+
+def _attention_on_backend(q, keys, values, valid, score, v, weight, scale, need_weights):
+    """The checked attention call on the selected backend: a fused backend's Function (or,
+    under torch.compile, its custom op), else the reference's plain PyTorch."""
+    static_sizes = {"score": score, "key_size": keys.shape[-1], "value_size": values.shape[-1]}
+    if torch.compiler.is_compiling():
+        # The sizes that change from call to call stay out of a choice made once.
+        name = backends.select_name("attention", q.device.type, q.dtype,
+                                    tuple(static_sizes.items()))
+        if name != "reference":
+            return fused_attention(None, q, keys, values, valid, score, v, weight, scale,
+                                   need_weights, compiled_backend=name)
+        ops = attention_reference
+    else:
+        sizes = dict(static_sizes, batch=q.shape[0], query_steps=q.shape[1],
+                     key_steps=keys.shape[1])
+        ops = backends.select(backends.OpCall("attention", q.device, q.dtype, sizes)).ops("attention")
+    if hasattr(ops, "_fwd"):  # a fused backend: its Function, forward and backward
+        return fused_attention(ops, q, keys, values, valid, score, v, weight, scale, need_weights)
+    context, weights = ops.forward(q, keys, values, valid, score, v, weight, scale)
+    return context, (weights if need_weights else None)

@@ -125,13 +125,15 @@ def test_dropout_between_layers_matches_torch_in_training(backend, mode):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_is_instance_and_state_dict_round_trips(mode):
+def test_class_repr_and_state_dict_round_trips(mode):
     torch_cls, fused_cls, extra = MODES[mode]
     kw = dict(num_layers=2, bidirectional=True, **extra)
     if mode == "lstm":
         kw["proj_size"] = 2
     t, f = torch_cls(I, H, **kw), fused_cls(I, H, **kw)
-    assert isinstance(f, torch_cls)
+    # RNNBase, not torch_cls: torch.compile refuses to trace instances of torch's three.
+    assert isinstance(f, torch.nn.RNNBase) and not isinstance(f, torch_cls)
+    assert repr(f) == repr(t) and f.mode == t.mode
     assert list(f.state_dict()) == list(t.state_dict())
     f.load_state_dict(t.state_dict())
     t2 = torch_cls(I, H, **kw)
@@ -164,3 +166,14 @@ def test_empty_batch_returns_empty_outputs_as_torch(backend, mode):
     assert f_out.shape == r_out.shape
     for a, e in zip(f_h if isinstance(f_h, tuple) else (f_h,), r_h if isinstance(r_h, tuple) else (r_h,)):
         assert a.shape == e.shape
+
+
+def test_rnn_constructor_parses_like_torch_nn():
+    # nonlinearity is RNN's 4th positional argument; bad values and proj_size raise.
+    f, t = fused_rnn.RNN(I, H, 2, "relu", False), torch.nn.RNN(I, H, 2, "relu", False)
+    assert (f.nonlinearity, f.mode, f.bias, repr(f)) == (t.nonlinearity, t.mode, t.bias, repr(t))
+    for cls in (fused_rnn.RNN, fused_rnn.GRU):
+        with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+            cls(I, H, proj_size=2)
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
+        fused_rnn.RNN(I, H, nonlinearity="gelu")

@@ -1,8 +1,9 @@
 """Drop-in ``LSTM``, ``GRU`` and ``RNN``: torch.nn's classes with a fused ``forward``.
 
-Constructors, parameters, ``state_dict`` keys and every other method are torch.nn's own;
-only ``forward`` is replaced, so ``isinstance(fused_rnn.LSTM(...), torch.nn.LSTM)`` holds
-and a checkpoint loads both ways.
+Constructors, parameters, ``state_dict`` keys and every other method are torch.nn's own
+(``torch.nn.RNNBase``'s), so a checkpoint loads both ways. They derive from ``RNNBase``,
+not from ``torch.nn.LSTM``/``GRU``/``RNN``: torch.compile refuses to trace any instance of
+those three (``torch._dynamo.config.allow_rnn``), and tracing ours is the point.
 """
 
 from __future__ import annotations
@@ -67,13 +68,36 @@ class _FusedRecurrence:
         return output, ((h_n, c_n) if self.mode == _LSTM_MODE else h_n)
 
 
-class LSTM(_FusedRecurrence, torch.nn.LSTM):
+class LSTM(_FusedRecurrence, torch.nn.RNNBase):
     __doc__ = "Fused drop-in for :class:`torch.nn.LSTM` (same arguments and parameters)."
 
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
 
-class GRU(_FusedRecurrence, torch.nn.GRU):
+
+class GRU(_FusedRecurrence, torch.nn.RNNBase):
     __doc__ = "Fused drop-in for :class:`torch.nn.GRU` (same arguments and parameters)."
 
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
 
-class RNN(_FusedRecurrence, torch.nn.RNN):
+
+class RNN(_FusedRecurrence, torch.nn.RNNBase):
     __doc__ = "Fused drop-in for :class:`torch.nn.RNN` (same arguments and parameters)."
+
+    def __init__(self, *args, **kwargs):
+        # torch.nn.RNN's own parsing: nonlinearity is the 4th positional argument.
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if self.nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. "
+                             "Select from 'tanh' or 'relu'.")
+        super().__init__(modes[self.nonlinearity], *args, **kwargs)

@@ -13,6 +13,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from .library import compiled_attention
 from .reference import ADDITIVE, GENERAL, SCALED_DOT
 
 
@@ -36,8 +37,12 @@ class AttentionFunction(torch.autograd.Function):
         return None, None, None, None, dq, dk, dvalues, dv, None
 
 
-def fused_attention(ops, query, keys, values, valid, score, v, weight, scale, need_weights):
-    """query [B, Tq, Dq]; returns ``(context [B, Tq, Dv], weights [B, Tq, Tk] or None)``."""
+def fused_attention(ops, query, keys, values, valid, score, v, weight, scale, need_weights,
+                    compiled_backend=None):
+    """query [B, Tq, Dq]; returns ``(context [B, Tq, Dv], weights [B, Tq, Tk] or None)``.
+
+    ``compiled_backend`` (a backend name, under torch.compile) runs the custom op of
+    ``library.py`` instead of the Function."""
     if score == ADDITIVE:
         kind, scale = "additive", 1.0
     else:
@@ -48,5 +53,9 @@ def fused_attention(ops, query, keys, values, valid, score, v, weight, scale, ne
             scale = 1.0 / math.sqrt(keys.shape[-1]) if scale is None else scale
         else:
             scale = 1.0
+    v = v if kind == "additive" else None
+    if compiled_backend is not None:
+        return compiled_attention(compiled_backend, kind, float(scale), need_weights, query, keys,
+                                  values, v, valid)
     return AttentionFunction.apply(ops, kind, float(scale), need_weights, query, keys, values,
-                                   v if kind == "additive" else None, valid)
+                                   v, valid)

@@ -36,3 +36,10 @@ def _bwd(q, k, values, valid, kind, v, scale, saved, dctx, dweights):
     dq, dk, dvals, dv = _ops.attention_backward(q, k, values, None, mask, v, kind == "additive",
                                                 float(scale), saved[0], dctx, dweights)
     return dq, dk, dvals, (dv if kind == "additive" else None)
+
+
+def saved_like(q, k, values, valid, kind, v, scale, need_weights):
+    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile):
+    the log-sum-exp of each query row."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return (q.new_empty(q.shape[:2], dtype=acc),)

@@ -227,3 +227,11 @@ def _bwd(q, k, values, valid, kind, v, scale, saved, dctx, dweights, launch=_lau
                dict(_consts(q, kind, valid, dqc), **flags, BLOCK_C=dqc.block_c), dqc.num_warps)
     dv = dwp.sum((0, 1)).to(q.dtype) if kind == "additive" else None
     return dq, dk, dvalues, dv
+
+
+def saved_like(q, k, values, valid, kind, v, scale, need_weights):
+    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile):
+    the log-sum-exp of each query row, the context and, if asked, the weights."""
+    (B, Tq), Tk = q.shape[:2], k.shape[1]
+    saved = (q.new_empty(B, Tq, dtype=_acc(q.dtype)), q.new_empty(B, Tq, values.shape[-1]))
+    return saved + ((q.new_empty(B, Tq, Tk),) if need_weights else ())

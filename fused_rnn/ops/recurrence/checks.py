@@ -59,6 +59,11 @@ def normalize_lengths(lengths, batch: int, steps: int, name: str = "lengths",
         )
     lengths = lengths.to("cpu", torch.int64)
     lo = 0 if allow_zero else 1
+    if torch.compiler.is_compiling():
+        # The values are data, unknown while tracing: the compiled graph checks them as it runs.
+        in_range = ((lengths >= lo) & (lengths <= steps)).all()
+        torch._assert_async(in_range, f"{name} must lie in [{lo}, {steps}] (the sequence length)")
+        return lengths
     if batch and (int(lengths.min()) < lo or int(lengths.max()) > steps):
         raise ValueError(
             f"{name} must lie in [{lo}, {steps}] (the sequence length), "
