@@ -13,6 +13,7 @@ import sys
 import tempfile
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton", reason="triton is not installed: no kernels to compile")
 
@@ -23,23 +24,25 @@ ARCHS = (80, 90)
 # Pointer arguments by what they hold: x's dtype, the fp32 accumulators/cell state, lengths.
 ACC_ARGS = {"dh_ptr", "dyp_ptr", "dc_ptr"}
 STATE_ARGS = {"cs_ptr"}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def launcher_configs():
     """(kernel, H, P, dtype, constexprs, launch options) for every kernel the launcher would
-    launch at B = 64, H in HIDDEN: LSTM (the most registers) in fp32 and bf16, the other
-    cells and the projection in bf16. Configurations that differ only in the runtime sizes
-    give the same binary, so each is compiled once, at the first H that uses it."""
+    launch at B = 64, H in HIDDEN: every cell in fp32 (dots on the FMA units) and bf16
+    (tensor cores), LSTM with and without projection. Configurations that differ only in
+    the runtime sizes give the same binary, so each is compiled once, at the first H that
+    uses it."""
     from fused_rnn.ops.recurrence import triton as launcher
     from fused_rnn.ops.recurrence import triton_kernels as K
 
     out, seen = [], set()
     for H in HIDDEN:
         for mode in (K.LSTM_MODE, K.GRU_MODE, K.TANH_MODE):
-            for dtype in (("fp32", "bf16") if mode == K.LSTM_MODE else ("bf16",)):
+            for dtype in ("fp32", "bf16"):
                 for proj in ((0, H // 2) if mode == K.LSTM_MODE else (0,)):
                     P = proj or H
-                    cfg = launcher.kernel_config(B, H, P)
+                    cfg = launcher.kernel_config(B, H, P, TORCH_DTYPES[dtype])
                     const = dict(MODE=mode, HAS_LENGTHS=True, REVERSE=True, PROJ=bool(proj),
                                  ACC="fp32", PRECISION="ieee")
                     blocks = dict(BLOCK_B=cfg.block_b, BLOCK_K=cfg.block_k)
@@ -120,14 +123,6 @@ def compile_all(arch: int) -> list:
     return rows
 
 
-# Known and open (issue 4): the whole-sequence kernels (H <= 256) spill a few dozen bytes
-# on sm_80 (LSTM fwd with projection, LSTM bwd, GRU fwd bf16) and on sm_90 (LSTM fwd bf16
-# saving for backward); smaller tiles or a split loop are the next things to try. Listed
-# here so that any other spill fails, and so that fixing one fails until it is removed.
-KNOWN_SPILLS = {80: {"recurrence_fwd_seq_kernel", "recurrence_bwd_seq_kernel"},
-                90: {"recurrence_fwd_seq_kernel"}}
-
-
 @pytest.mark.parametrize("arch", ARCHS, ids=[f"sm_{a}" for a in ARCHS])
 def test_kernels_compile_without_spills(arch):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,12 +138,9 @@ def test_kernels_compile_without_spills(arch):
         print(" ", _describe(row))
     errors = [_describe(r) for r in rows if "error" in r]
     assert not errors, "compile errors:\n" + "\n".join(errors)
-    spilling = [r for r in rows if r.get("LOCAL", 0) or r.get("STACK", 0)]
-    known = KNOWN_SPILLS.get(arch, set())
-    new = [_describe(r) for r in spilling if r["kernel"] not in known]
-    assert not new, "register spills (local memory) in production configs:\n" + "\n".join(new)
-    fixed = known - {r["kernel"] for r in spilling}
-    assert not fixed, f"no longer spilling on sm_{arch}, remove from KNOWN_SPILLS: {sorted(fixed)}"
+    spilling = [_describe(r) for r in rows if r.get("LOCAL", 0) or r.get("STACK", 0)]
+    assert not spilling, "register spills (local memory) in production configs:\n" + "\n".join(
+        spilling)
 
 
 def _describe(row: dict) -> str:

@@ -40,6 +40,7 @@ class KernelConfig(NamedTuple):
     block_k: int
     num_warps: int
     num_stages: int
+    maxnreg: Optional[int] = None  # ptxas register cap per thread; None: ptxas chooses
 
 
 def _pow2(n: int, lo: int, hi: int) -> int:
@@ -47,21 +48,46 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, 1 << max(0, int(n) - 1).bit_length()))
 
 
-def kernel_config(batch: int, hidden: int, state: int, path: str = "auto") -> KernelConfig:
-    """Tiles and kernel kind for B = batch, H = hidden, P = state size.
+def kernel_config(batch: int, hidden: int, state: int, dtype: torch.dtype,
+                  path: str = "auto") -> KernelConfig:
+    """Tiles and kernel kind for B = batch, H = hidden, P = state size, inputs of ``dtype``.
 
-    The forward keeps four [block_b, block_h] fp32 accumulators (LSTM) and the backward
-    recomputes the gate gradients per K chunk: 32 x 32 tiles and two pipeline stages keep
-    both under 255 registers per thread with no spills (tests/test_triton_compile.py).
+    Every configuration this returns for H up to 1024 compiles for sm_80 and sm_90 with no
+    register spills (tests/test_triton_compile.py prints the registers of each).
     """
     if path == "auto":
         path = "seq" if max(hidden, state) <= SEQ_MAX_HIDDEN else "step"
+    if path == "seq":
+        return _seq_config(hidden, state, dtype)
     block = _pow2(max(hidden, state), 16, 32)
-    return KernelConfig(path, _pow2(batch, 16, 32), block, block, num_warps=4, num_stages=2)
+    return KernelConfig("step", _pow2(batch, 16, 32), block, block, num_warps=4, num_stages=2)
+
+
+def _seq_config(hidden: int, state: int, dtype: torch.dtype) -> KernelConfig:
+    """The whole-sequence kernels: kept over per-step launches even where their tile must
+    shrink to fit in registers, since a launch (~3 us) costs more than a whole small-H step.
+
+    Their grid is only cdiv(B, block_b) programs, so occupancy is moot: ``maxnreg=255``
+    stops ptxas from aiming at several blocks per SM (it spilled at 128 and 168 registers
+    with all 255 free). 16 rows per program cost no per-step time, because each program
+    reads all of W_hh every step whatever its rows, and give more programs to the SMs.
+    Half inputs (tensor-core dots): 32-wide tiles with two pipeline stages stay at or
+    under ~220 registers. fp32 ("ieee" precision) dots run on the FMA units with operands
+    held per thread, and the backward's K loop streams 13 tiles (gates, states, W_hh):
+    pipelining them spilled at every tile size tried, so fp32 uses 16-wide tiles and no
+    pipelining (little lost: the FMA arithmetic, not load latency, bounds those steps).
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        block = _pow2(max(hidden, state), 16, 32)
+        return KernelConfig("seq", 16, block, block, num_warps=4, num_stages=2, maxnreg=255)
+    return KernelConfig("seq", 16, 16, 16, num_warps=4, num_stages=1, maxnreg=255)
 
 
 def _launch(cfg: KernelConfig) -> dict:
-    return dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.maxnreg is not None:
+        options["maxnreg"] = cfg.maxnreg
+    return options
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -118,7 +144,7 @@ def _fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
     if B == 0:  # nothing to launch
         return reference._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
     w = LayerWeights(*(None if t is None else t.contiguous() for t in w))
-    cfg = kernel_config(B, H, P, KERNEL_PATH)
+    cfg = kernel_config(B, H, P, x.dtype, KERNEL_PATH)
     const = _constants(x, mode, lengths, reverse, w)
     gx, b_hn = _input_projection(mode, x, w)
     slots = T + 1 if need_saved else 2  # every state for backward, else two alternating
@@ -169,7 +195,7 @@ def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc
     if B == 0:
         return reference._bwd(mode, reverse, x, h0, c0, w, lengths, saved, dy, dh_n, dc_n)
     w = LayerWeights(*(None if t is None else t.contiguous() for t in w))
-    cfg = kernel_config(B, H, P, KERNEL_PATH)
+    cfg = kernel_config(B, H, P, x.dtype, KERNEL_PATH)
     const = _constants(x, mode, lengths, reverse, w)
     acts, hs = (saved[0], saved[1]) if mode in (LSTM, GRU) else (x.new_empty(1), saved[0])
     cs = saved[2] if mode == LSTM else x.new_empty(1)
