@@ -145,10 +145,10 @@ std::vector<at::Tensor> attention_backward(
     dot_backward_gemm(q, k, vals, lengths, mask, scale, dctx, dweights, dq, dk, dvals);
     return {dq, dk, dvals, at::empty({0}, q.options())};
   }
-  // Batches in `chunks` contiguous parts, each with its own part of dv (added after), so no
-  // two tasks write the same memory whatever the threading.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads()));
-  at::Tensor dv_parts = at::zeros({chunks, additive ? D : 0}, q.options());
+  // Each batch has its own part of dv, summed after in batch order: no two tasks write the
+  // same memory, and the sum does not depend on how batches fall to threads (parts per
+  // thread made dv differ in the last bits between 1 and 2 threads).
+  at::Tensor dv_parts = at::zeros({B, additive ? D : 0}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "fused_rnn::attention_backward", [&] {
     AttnBwd<scalar_t> g;
     g.a = make_args<scalar_t>(q, k, vals, lengths, mask, v, additive, scale, lse);
@@ -159,11 +159,11 @@ std::vector<at::Tensor> attention_backward(
     g.dvals = dvals.data_ptr<scalar_t>();
     const auto& kern = attn_kernels<scalar_t>();
     // Over batches: a batch's dk and dvals sum over its queries, so one task owns them.
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> scratch(2 * Tk);
-      for (int64_t c = c0; c < c1; ++c) {
-        scalar_t* dv = additive ? dv_parts[c].data_ptr<scalar_t>() : nullptr;
-        kern.bwd(g, B * c / chunks, B * (c + 1) / chunks, scratch.data(), dv);
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* dv = additive ? dv_parts.data_ptr<scalar_t>() + b * D : nullptr;  // [D]
+        kern.bwd(g, b, b + 1, scratch.data(), dv);
       }
     });
   });
