@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import backends
+from . import autocast, backends
 from .ops.attention.checks import check_attention_args
 from .ops.attention import reference as attention_reference
 from .ops.attention.function import fused_attention
@@ -107,6 +107,11 @@ def recurrence(mode: str, input: torch.Tensor, hx, weights, *, num_layers: int =
     if mode not in GATES:
         raise ValueError(f"mode must be one of {', '.join(GATES)}, got {mode!r}")
     check_float_tensor("input", input)
+    amp = autocast.recurrence_dtypes(mode, input, is_cell=False)
+    if amp is not None:
+        return autocast.run_cast(amp, recurrence, mode, input, hx, weights, num_layers=num_layers,
+                                 bias=bias, batch_first=batch_first, dropout=dropout,
+                                 training=training, bidirectional=bidirectional, lengths=lengths)
     if input.dim() != 3:
         layout = "[B, T, input_size] (batch_first=True)" if batch_first else "[T, B, input_size]"
         raise ValueError(f"input must be 3-D {layout}, got shape {shape_str(input.shape)}")
@@ -183,6 +188,9 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     otherwise, or None for zeros. Returns ``(h', c')`` for LSTM, else ``h'``.
     """
     check_float_tensor("input", input)
+    amp = autocast.recurrence_dtypes(mode, input, is_cell=True)
+    if amp is not None:
+        return autocast.run_cast(amp, cell, mode, input, hx, w_ih, w_hh, b_ih, b_hh)
     if input.dim() not in (1, 2):
         raise ValueError(f"{mode} cell: input must be 1-D [input_size] or 2-D [batch, "
                          f"input_size], got shape {shape_str(input.shape)}")
@@ -246,6 +254,11 @@ def attention(query, keys, values=None, *, score="dot", lengths=None, mask=None,
     >>> ctx, w = attention(torch.randn(2, 1, 8), torch.randn(2, 5, 8), lengths=[5, 3])
     """
     check_float_tensor("query", query)
+    amp = autocast.attention_dtypes(query)
+    if amp is not None:
+        return autocast.run_cast(amp, attention, query, keys, values, score=score, lengths=lengths,
+                                 mask=mask, v=v, weight=weight, scale=scale,
+                                 need_weights=need_weights)
     step = query.dim() == 2
     q = query.unsqueeze(1) if step else query
     values, valid = check_attention_args(q, keys, values, score, lengths, mask, v, weight, scale)
