@@ -90,3 +90,67 @@ def test_functional_bad_lengths(lengths, exc, match):
 def test_cell_and_functional_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+CELL_BAD = {
+    "integer-input": (lambda: fused_rnn.GRUCell(I, H)(torch.randint(0, 3, (B, I))), TypeError,
+                      "input must be a floating-point tensor, got dtype torch.int64"),
+    "complex-input": (lambda: fused_rnn.RNNCell(I, H)(torch.randn(B, I, dtype=torch.complex64)),
+                      TypeError, "input must be a floating-point tensor"),
+    "input-dtype": (lambda: fused_rnn.LSTMCell(I, H)(torch.randn(B, I, dtype=torch.float64)),
+                    TypeError, r"w_ih has dtype torch.float32 but input has dtype torch.float64"),
+    "hx-dtype": (lambda: fused_rnn.LSTMCell(I, H)(torch.randn(B, I), (torch.randn(B, H).double(),
+                                                                       torch.randn(B, H))),
+                 TypeError, "h_0 has dtype torch.float64 but input has dtype torch.float32"),
+    "input-device": (lambda: fused_rnn.GRUCell(I, H)(torch.randn(B, I, device="meta")), RuntimeError,
+                     "w_ih is on cpu but input is on meta"),
+    "hx-device": (lambda: fused_rnn.GRUCell(I, H)(torch.randn(B, I), torch.randn(B, H, device="meta")),
+                  RuntimeError, "h_0 is on meta but input is on cpu"),
+    "bias-device": (lambda: F.lstm_cell(torch.randn(B, I), None, torch.randn(4 * H, I), torch.randn(4 * H, H),
+                                        torch.randn(4 * H, device="meta"), torch.randn(4 * H)),
+                    RuntimeError, r"b_ih is on meta but input is on cpu"),
+    "lstm-c0-none": (lambda: lstm()(torch.randn(T, B, I), (torch.zeros(2, B, H), None)), TypeError,
+                     r"hx\[1\] \(c_0\) must be a torch.Tensor, got NoneType"),
+    "gru-h0-shape": (lambda: fused_rnn.GRU(I, H, bidirectional=True)(torch.randn(T, B, I), torch.randn(1, B, H)),
+                     ValueError, r"h_0 must have shape \(2, 3, 6\)"),
+    "lengths-on-meta": (lambda: _gru_call(torch.ones(B, dtype=torch.long, device="meta")), RuntimeError,
+                        "lengths is on meta"),
+}
+
+
+@pytest.mark.parametrize("case", CELL_BAD)
+def test_cells_states_and_devices_bad_input(case):
+    call, exc, match = CELL_BAD[case]
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def _att_args(**over):
+    args = dict(query=torch.randn(B, 2, I), keys=torch.randn(B, 5, I))
+    args.update(over)
+    return args
+
+
+ATTENTION_BAD = {
+    "keys-device": (_att_args(keys=torch.randn(B, 5, I, device="meta")), RuntimeError,
+                    "keys is on meta but query is on cpu"),
+    "values-device": (_att_args(values=torch.randn(B, 5, 3, device="meta")), RuntimeError,
+                      "values is on meta but query is on cpu"),
+    "mask-device": (_att_args(mask=torch.ones(B, 5, dtype=torch.bool, device="meta")), RuntimeError,
+                    "mask is on meta but keys are on cpu"),
+    "v-device": (_att_args(score="additive", v=torch.randn(I, device="meta")), RuntimeError,
+                 "v is on meta but query is on cpu"),
+    "weight-dtype": (_att_args(score="general", weight=torch.randn(I, I, dtype=torch.float64)), TypeError,
+                     "weight has dtype torch.float64 but query has dtype torch.float32"),
+    "complex-keys": (_att_args(keys=torch.randn(B, 5, I, dtype=torch.complex64)), TypeError,
+                     "keys must be a floating-point tensor"),
+    "lengths-on-meta": (_att_args(lengths=torch.ones(B, dtype=torch.long, device="meta")), RuntimeError,
+                        "lengths is on meta"),
+}
+
+
+@pytest.mark.parametrize("case", ATTENTION_BAD)
+def test_attention_devices_and_dtypes_bad_input(case):
+    args, exc, match = ATTENTION_BAD[case]
+    with pytest.raises(exc, match=match):
+        F.attention(args.pop("query"), args.pop("keys"), args.pop("values", None), **args)

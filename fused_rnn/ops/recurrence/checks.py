@@ -52,6 +52,9 @@ def normalize_lengths(lengths, batch: int, steps: int, name: str = "lengths",
             raise TypeError(f"{name} must be a 1-D tensor or sequence of ints, got {lengths!r}") from e
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise TypeError(f"{name} must have an integer dtype, got {lengths.dtype}")
+    if lengths.device.type == "meta":  # its values decide the loop; a meta tensor has none
+        raise RuntimeError(f"{name} is on meta, which holds no values; expected lengths on "
+                           "the CPU (or the input's device)")
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(
             f"{name} must be 1-D with one entry per batch row, shape ({batch},), "
