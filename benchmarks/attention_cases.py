@@ -51,6 +51,20 @@ class AttnCase:
     def id(self) -> str:
         return f"attn-{self.kind}-{self.shape.label.replace(' ', '-')}-{self.mode}"
 
+    def min_bytes(self, itemsize: int) -> int:
+        """The least memory traffic of the row: every tensor the caller passes in read once,
+        every tensor handed back written once. Forward: query, keys, values, the score's
+        parameter (v [D] or W [D, D]) and the int64 lengths in, the context [B, Tq, D] out.
+        fwd+bwd adds the context's gradient in and one gradient per input out."""
+        s = self.shape
+        parameter = {"additive": s.D, "general": s.D * s.D}.get(self.kind, 0)
+        inputs = s.B * s.Tq * s.D + 2 * s.B * s.Tk * s.D + parameter
+        context = s.B * s.Tq * s.D
+        elements = inputs + context
+        if self.mode == "fwd+bwd":
+            elements += context + inputs
+        return elements * itemsize + s.B * 8  # lengths: int64 whatever the dtype
+
 
 def all_cases(kinds=KINDS, shapes=SHAPES, modes=MODES) -> list:
     return [AttnCase(k, s, m) for k in kinds for s in shapes for m in modes]

@@ -18,9 +18,14 @@ CELLS = ("lstm", "gru", "rnn")  # rnn: tanh
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 MODES = ("fwd", "fwd+bwd")
 
-# The two baselines; every fused backend adds a row named FUSED_PREFIX + backend name.
+# The baselines; every fused backend adds a row named FUSED_PREFIX + backend name.
 TORCH_NN = "torch.nn"
 CELL_LOOP = "cell-loop"
+# torch.compile of the cell's step inside the same Python loop. The step, not the whole loop:
+# dynamo unrolls a loop over time, and compiling T=100 unrolled steps took ~20 s forward and
+# ~65 s fwd+bwd per shape on the 2-core CPU machine (and grows with T: T=1024 on the GPU
+# matrix), while one step compiles in seconds and is where inductor fuses the pointwise work.
+COMPILED_CELL_LOOP = "cell-loop-compiled"
 FUSED_PREFIX = "fused_rnn:"
 
 _RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
@@ -42,12 +47,14 @@ class Shape:
         return f"T{self.T} B{self.B} I{self.I} H{self.H}"
 
 
-# DESIGN.md's CPU target shape, and a small-batch, decoder-like one.
-SHAPES = (Shape(T=100, B=64, I=256, H=256), Shape(T=100, B=16, I=256, H=256))
+# DESIGN.md's CPU target shape, then small-batch and single-sequence (decoder-style) ones.
+SHAPES = (Shape(T=100, B=64, I=256, H=256), Shape(T=100, B=16, I=256, H=256),
+          Shape(T=100, B=1, I=256, H=256))
 # DESIGN.md's GPU matrix: fastrnns, FlashRNN's shape, then batch x hidden size at T=512.
 GPU_SHAPES = (Shape(T=100, B=64, I=512, H=512), Shape(T=1024, B=16, I=768, H=768)) + tuple(
     Shape(T=512, B=b, I=h, H=h) for b in (1, 16, 64, 256) for h in (256, 512, 1024))
 MATRICES = {"cpu": SHAPES, "gpu": GPU_SHAPES}
+MEMORY_BOUND_MAX_BATCH = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +80,33 @@ class Case:
         weights), so it is 3x the forward."""
         return self.forward_flops() * (3 if self.mode == "fwd+bwd" else 1)
 
+    def min_bytes(self, itemsize: int) -> int:
+        """The least memory traffic of the row: every tensor the caller passes in read once,
+        every tensor handed back written once. Forward: x [T, B, I] and the weights in; y
+        [T, B, H] and the final state out. fwd+bwd adds dy in and dx and the weight gradients
+        out (intermediates are free: they could stay on chip)."""
+        s, gates = self.shape, GATES[self.cell]
+        weights = gates * s.H * (s.I + s.H) + 2 * gates * s.H  # W_ih, W_hh, b_ih, b_hh
+        x, y = s.T * s.B * s.I, s.T * s.B * s.H
+        final_state = (2 if self.cell == "lstm" else 1) * s.B * s.H
+        elements = x + weights + y + final_state
+        if self.mode == "fwd+bwd":
+            elements += y + x + weights  # dy read; dx and the weight gradients written
+        return elements * itemsize
+
+    @property
+    def memory_bound(self) -> bool:
+        """Small batches: each step's GEMM is too thin to keep the cores busy on arithmetic,
+        so the row is also rated against the copy bandwidth."""
+        return self.shape.B <= MEMORY_BOUND_MAX_BATCH
+
 
 def all_cases(cells=CELLS, shapes=SHAPES, modes=MODES) -> list:
     return [Case(c, s, m) for c in cells for s in shapes for m in modes]
 
 
 def implementation_names(fused_backends) -> list:
-    return [TORCH_NN, CELL_LOOP] + [FUSED_PREFIX + b for b in fused_backends]
+    return [TORCH_NN, CELL_LOOP, COMPILED_CELL_LOOP] + [FUSED_PREFIX + b for b in fused_backends]
 
 
 def fused_backend_of(implementation: str) -> Optional[str]:
@@ -101,6 +128,7 @@ class Workload:
     fused_rnn: torch.nn.RNNBase
     x: torch.Tensor  # [T, B, I]
     dy: torch.Tensor  # [T, B, H]
+    compiled_cell: Optional[Callable] = None  # torch.compile(cell_module), made on first use
 
     def parameters(self) -> list:
         mods = (self.torch_rnn, self.cell_module, self.fused_rnn)
@@ -141,12 +169,61 @@ def run_cell_loop(cell_module: torch.nn.RNNCellBase, x: torch.Tensor) -> torch.T
     return torch.stack(outputs)
 
 
+def run_compiled_cell_loop(compiled_cell: Callable, cell_module: torch.nn.RNNCellBase,
+                           x: torch.Tensor) -> torch.Tensor:
+    """The same loop with the step compiled: [T, B, H]. Step 0 runs eagerly: it starts from no
+    state, and compiling it too would be a second graph (a second compile) for 1% of the work."""
+    steps = x.unbind(0)
+    state = cell_module(steps[0])
+    outputs = [state[0] if isinstance(state, tuple) else state]
+    for x_t in steps[1:]:
+        state = compiled_cell(x_t, state)
+        outputs.append(state[0] if isinstance(state, tuple) else state)
+    return torch.stack(outputs)
+
+
+def compiled_cell_of(workload: Workload) -> Callable:
+    """The workload's torch.compile'd cell, made once; each grad mode compiles on first call.
+
+    Dynamo's caches are reset when it is made: they are kept per code object (every LSTMCell
+    shares one forward), so the cells of earlier workloads would count against dynamo's
+    recompile limit and make a row's compile time depend on the rows before it."""
+    if workload.compiled_cell is None:
+        torch._dynamo.reset()
+        workload.compiled_cell = torch.compile(workload.cell_module)
+    return workload.compiled_cell
+
+
+def compiler_missing_reason(device: torch.device) -> Optional[str]:
+    """Why torch.compile's default backend (inductor) cannot generate code here, or None:
+    C++ on CPU needs a compiler on the PATH, CUDA needs Triton."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "torch.compile on CUDA needs Triton (pip install triton)"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as err:  # InvalidCxxCompiler, or inductor failing to import at all
+        return f"torch.compile on CPU needs a C++ compiler (g++ or clang++): {first_line(err)}"
+    return None
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
 def forward_fn(workload: Workload, implementation: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x [T, B, I] -> output [T, B, H]`` for one implementation."""
     if implementation == TORCH_NN:
         return lambda x: workload.torch_rnn(x)[0]
     if implementation == CELL_LOOP:
         return lambda x: run_cell_loop(workload.cell_module, x)
+    if implementation == COMPILED_CELL_LOOP:
+        compiled_cell = compiled_cell_of(workload)
+        return lambda x: run_compiled_cell_loop(compiled_cell, workload.cell_module, x)
     backend = fused_backend_of(implementation)
     if backend is None:
         raise ValueError(f"unknown implementation {implementation!r}")
@@ -181,9 +258,13 @@ def make_runner(workload: Workload, implementation: str, mode: str) -> Callable[
 
 
 def unsupported_reason(workload: Workload, implementation: str) -> Optional[str]:
-    """Why a fused backend cannot run this workload (its BackendError), or None.
+    """Why a fused backend cannot run this workload (its BackendError), or why torch.compile
+    cannot run here (no compiler), or None.
 
-    Runs the forward once: the backend's own check is the only one that knows."""
+    Runs a fused backend's forward once: the backend's own check is the only one that knows.
+    A compile that fails later, in the warm-up, is the runner's to report."""
+    if implementation == COMPILED_CELL_LOOP:
+        return compiler_missing_reason(workload.x.device)
     if fused_backend_of(implementation) is None:
         return None
     try:
@@ -194,10 +275,11 @@ def unsupported_reason(workload: Workload, implementation: str) -> Optional[str]
     return None
 
 
-def max_abs_diff_vs_torch_nn(workload: Workload, implementation: str) -> float:
+def max_abs_diff_vs_torch_nn(workload: Workload, implementation: str, mode: str = "fwd") -> float:
     """Largest |output - torch.nn's output| on the benchmark input: a timed row must compute
-    the same thing as the baseline, or its time means nothing."""
-    with torch.no_grad():
+    the same thing as the baseline, or its time means nothing. The forward runs in the row's
+    grad mode, so a compiled row checks the graph it timed (and compiles no other)."""
+    with torch.set_grad_enabled(mode == "fwd+bwd"):
         expected = forward_fn(workload, TORCH_NN)(workload.x)
         got = forward_fn(workload, implementation)(workload.x)
-    return (got.float() - expected.float()).abs().max().item()
+    return (got.detach().float() - expected.detach().float()).abs().max().item()

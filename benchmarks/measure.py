@@ -1,4 +1,5 @@
-"""How the runner measures: wall time, memory kept for backward, and the GEMM ceiling."""
+"""How the runner measures: wall time, memory kept for backward, and the machine's ceilings
+(the GEMM rate for arithmetic, a large copy's rate for memory traffic)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ MiB = 2 ** 20
 @dataclasses.dataclass
 class Timing:
     times_ms: list
+    first_call_ms: Optional[float] = None  # the first warm-up run: where torch.compile compiles
 
     @property
     def median_ms(self) -> float:
@@ -39,19 +41,25 @@ def synchronize(device: torch.device) -> None:
 
 def time_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> Timing:
     """Run ``fn`` ``warmup`` times untimed (allocator, oneDNN primitive and kernel caches),
-    then ``repeats`` times, timing each run on its own so min/median/max are visible."""
-    for _ in range(warmup):
+    then ``repeats`` times, timing each run on its own so min/median/max are visible.
+    The first warm-up run is timed too (a compiled row's compile time), never counted."""
+    first_call_ms = None
+    for k in range(warmup):
+        start = time.perf_counter()
         fn()
+        if k == 0:
+            synchronize(device)
+            first_call_ms = (time.perf_counter() - start) * 1e3
     synchronize(device)
     gc.collect()  # so one row does not pay for the garbage of the row before
     if device.type == "cuda":
-        return Timing([_cuda_event_ms(fn) for _ in range(repeats)])
+        return Timing([_cuda_event_ms(fn) for _ in range(repeats)], first_call_ms)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return Timing(times)
+    return Timing(times, first_call_ms)
 
 
 def _cuda_event_ms(fn: Callable[[], None]) -> float:
@@ -125,6 +133,17 @@ def gemm_gflops(n: int, device: torch.device, dtype: torch.dtype, warmup: int = 
     b = torch.randn(n, n, generator=gen).to(device, dtype)
     timing = time_ms(lambda: torch.mm(a, b), device, warmup, repeats)
     return 2 * n ** 3 / (timing.median_ms * 1e-3) / 1e9
+
+
+def copy_gbytes_per_s(nbytes: int, device: torch.device, warmup: int = 2,
+                      repeats: int = 5) -> float:
+    """The machine's memory-traffic ceiling: median GB/s of copying one ``nbytes`` buffer into
+    another on the device (CUDA: device to device), counting the bytes read and written.
+    Large enough (256 MiB by default) that no cache holds it."""
+    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    timing = time_ms(lambda: dst.copy_(src), device, warmup, repeats)
+    return 2 * nbytes / (timing.median_ms * 1e-3) / 1e9
 
 
 class OtherLoad:

@@ -1,15 +1,16 @@
-"""The benchmark runner: fused_rnn vs torch.nn vs the nn.*Cell loop, in one process.
+"""The benchmark runner: fused_rnn vs torch.nn vs the nn.*Cell loop (eager and compiled), in one process.
 
     python -m benchmarks.run                       # CPU, recurrence and attention, every backend
     python -m benchmarks.run --ops attention       # attention only
-    python -m benchmarks.run --device cuda --plot benchmarks/results/latest-cuda.png
-    python -m benchmarks.run --quick --cells lstm --backends reference
+    python -m benchmarks.run --device cuda         # DESIGN.md's GPU matrix
+    python -m benchmarks.run --quick --cells lstm --backends reference --shapes 100,1,256,256
 
 Prints one table row per (cell, shape, mode, implementation), then one per attention
-(score kind, shape, mode, backend) against the reference, and writes every row, with
-the machine, versions and commit, to JSON (default benchmarks/results/latest-<device>.json).
-The GEMM ceiling is measured in the same run, before and after the rows, so the fractions
-of it are comparable across machines.
+(score kind, shape, mode, backend) against the reference, writes every row, with
+the machine, versions and commit, to JSON (default benchmarks/results/latest-<device>.json)
+and plots time per step against batch size beside it (.png). The ceilings (a large GEMM's
+FLOP rate, a large copy's byte rate) are measured in the same run, before and after the
+rows, so the fractions of them are comparable across machines.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from fused_rnn.backends import backend_names
 
 from . import attention_cases as AC
 from . import cases as C
-from .measure import OtherLoad, gemm_gflops, peak_mib, saved_for_backward_mib, time_ms
+from .measure import (OtherLoad, copy_gbytes_per_s, gemm_gflops, peak_mib,
+                      saved_for_backward_mib, time_ms)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -55,12 +57,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per row")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs per row (default 3)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 10)")
+    p.add_argument("--shapes", nargs="+", type=_shape_parser(C.Shape), default=None,
+                   metavar="T,B,I,H", help="recurrence shapes instead of the matrix's")
+    p.add_argument("--attn-shapes", nargs="+", type=_shape_parser(AC.AttnShape), default=None,
+                   metavar="B,Tq,Tk,D", help="attention shapes instead of the matrix's")
     p.add_argument("--gemm-size", type=int, default=2048,
                    help="n of the n^3 GEMM that sets the ceiling (default 2048, as in DESIGN.md)")
+    p.add_argument("--copy-mib", type=int, default=256,
+                   help="MiB of the copy that sets the bandwidth ceiling (default 256)")
     p.add_argument("--out", type=pathlib.Path, default=None,
                    help="JSON path (default benchmarks/results/latest-<device>.json)")
     p.add_argument("--plot", type=pathlib.Path, default=None,
-                   help="also draw a PNG here (needs matplotlib)")
+                   help="PNG path (default: the JSON path with .png; needs matplotlib)")
+    p.add_argument("--no-plot", action="store_true", help="draw no PNG")
     args = p.parse_args(argv)
     args.cells = _parse_cells(p, args.cells)
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
@@ -74,8 +83,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False on this machine")
     args.out = args.out or RESULTS_DIR / f"latest-{args.device}.json"
+    args.plot = None if args.no_plot else (args.plot or args.out.with_suffix(".png"))
     args.matrix = args.matrix or ("gpu" if args.device == "cuda" else "cpu")
+    args.shapes = tuple(args.shapes or C.MATRICES[args.matrix])
+    args.attn_shapes = tuple(args.attn_shapes or AC.MATRICES[args.matrix])
     return args
+
+
+def _shape_parser(shape_class):
+    """argparse type: "100,64,256,256" -> shape_class(100, 64, 256, 256)."""
+    fields = [f.name for f in dataclasses.fields(shape_class)]
+
+    def parse(text: str):
+        try:
+            sizes = [int(v) for v in text.split(",")]
+        except ValueError:
+            sizes = []
+        if len(sizes) != len(fields) or min(sizes) < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected {len(fields)} positive integers {','.join(fields)}, got {text!r}")
+        return shape_class(*sizes)
+
+    parse.__name__ = shape_class.__name__  # argparse names the type in its error message
+    return parse
 
 
 def _parse_cells(parser, text: str) -> list:
@@ -116,6 +146,7 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
         "dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__,
         "triton": _triton_version(),
+        "cuda": torch.version.cuda,  # the CUDA torch was built with; None on a CPU-only build
         "fused_rnn": fused_rnn.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -133,6 +164,7 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if on_cuda else None,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32 if on_cuda else None,
         "fused_rnn_backends": fused_rnn.backend_report(),
+        "torch_compile": C.compiler_missing_reason(device) or "available",
     }
 
 
@@ -181,18 +213,32 @@ def measure_row(case: C.Case, workload: C.Workload, implementation: str,
         "H": case.shape.H, "mode": case.mode, "implementation": implementation,
         "backend": C.fused_backend_of(implementation), "flops": case.flops(),
     }
+    if case.memory_bound:
+        row["bytes"] = case.min_bytes(workload.x.element_size())
     reason = C.unsupported_reason(workload, implementation)
     if reason:
         return {**row, "skipped": reason}
     runner = C.make_runner(workload, implementation, case.mode)
-    timing = time_ms(runner, device, args.warmup, args.repeats)
+    compiled = implementation == C.COMPILED_CELL_LOOP
+    # A compiled row always warms up, so that its compile never lands in a timed run.
+    warmup = max(args.warmup, 1) if compiled else args.warmup
+    try:
+        timing = time_ms(runner, device, warmup, args.repeats)
+    except Exception as err:  # noqa: BLE001 (any compiler failure: the row says why, the run goes on)
+        if not compiled:
+            raise
+        return {**row, "skipped": f"torch.compile failed: {C.first_line(err)}"}
     row.update(
         median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
-        times_ms=timing.times_ms, warmup=args.warmup, repeats=args.repeats,
+        times_ms=timing.times_ms, warmup=warmup, repeats=args.repeats,
         us_per_step=timing.median_ms * 1e3 / case.shape.T,
         gflops=case.flops() / (timing.median_ms * 1e-3) / 1e9,
-        max_abs_diff_vs_torch_nn=C.max_abs_diff_vs_torch_nn(workload, implementation),
+        max_abs_diff_vs_torch_nn=C.max_abs_diff_vs_torch_nn(workload, implementation, case.mode),
     )
+    if compiled:
+        row["compile_s"] = timing.first_call_ms * 1e-3  # tracing + compiling + one run
+    if "bytes" in row:
+        row["gbytes_per_s"] = row["bytes"] / (timing.median_ms * 1e-3) / 1e9
     if case.mode == "fwd+bwd":
         held = [workload.x, *workload.parameters()]
         row["saved_for_backward_mib"] = saved_for_backward_mib(runner, held)
@@ -200,23 +246,35 @@ def measure_row(case: C.Case, workload: C.Workload, implementation: str,
     return row
 
 
-def add_ratios(rows: list, gemm_rate_gflops: float) -> None:
-    """Each row's time over torch.nn's and the cell loop's for the same case (lower is
-    faster), and its FLOP rate over the GEMM ceiling."""
+BASELINE_RATIOS = ((C.TORCH_NN, "vs_torch_nn"), (C.CELL_LOOP, "vs_cell_loop"),
+                   (C.COMPILED_CELL_LOOP, "vs_compiled_cell_loop"))
+
+
+def add_ratios(rows: list, gemm_rate_gflops: float, copy_rate_gbytes: float) -> None:
+    """Each row's time over each baseline's for the same case (lower is faster; None where
+    the baseline has no time), its FLOP rate over the GEMM ceiling and, for memory-bound
+    rows, its byte rate over the copy ceiling."""
     baselines = {}
     for r in rows:
-        if r["implementation"] in (C.TORCH_NN, C.CELL_LOOP) and "median_ms" in r:
+        if "median_ms" in r and r["implementation"] in dict(BASELINE_RATIOS):
             baselines[(_case_key(r), r["implementation"])] = r["median_ms"]
     for r in rows:
         if "median_ms" not in r:
             continue
-        for name, key in ((C.TORCH_NN, "vs_torch_nn"), (C.CELL_LOOP, "vs_cell_loop")):
+        for name, key in BASELINE_RATIOS:
             base = baselines.get((_case_key(r), name))
             r[key] = r["median_ms"] / base if base else None
         r["fraction_of_gemm"] = r["gflops"] / gemm_rate_gflops
+        add_copy_fraction(r, copy_rate_gbytes)
 
 
-ROW_TAGS = ("device", "device_name", "dtype", "torch", "triton", "git_commit", "date_utc")
+def add_copy_fraction(row: dict, copy_rate_gbytes: float) -> None:
+    if "gbytes_per_s" in row:
+        row["fraction_of_copy"] = row["gbytes_per_s"] / copy_rate_gbytes
+
+
+ROW_TAGS = ("device", "device_name", "dtype", "torch", "triton", "cuda", "git_commit",
+            "date_utc")
 
 
 def tag_rows(rows: list, meta: dict) -> None:
@@ -234,7 +292,7 @@ def measure_all(args, device: torch.device, dtype: torch.dtype) -> list:
     implementations = C.implementation_names(args.backends)
     rows = []
     for cell in args.cells:
-        for shape in C.MATRICES[args.matrix]:
+        for shape in args.shapes:
             workload = C.build_workload(cell, shape, device, dtype)
             for mode in C.MODES:
                 case = C.Case(cell, shape, mode)
@@ -249,11 +307,12 @@ def measure_attention(args, device: torch.device, dtype: torch.dtype) -> list:
     """Each fused backend and the reference per attention case, with times as a ratio to the
     reference's and peak memory."""
     rows = []
-    for case in AC.all_cases(shapes=AC.MATRICES[args.matrix]):
+    for case in AC.all_cases(shapes=args.attn_shapes):
         inputs = AC.build_inputs(case, device, dtype)
         for backend in [AC.REFERENCE] + [b for b in args.backends if b != AC.REFERENCE]:
             row = {"kind": case.kind, "mode": case.mode, "backend": backend,
-                   **dataclasses.asdict(case.shape)}
+                   **dataclasses.asdict(case.shape),
+                   "bytes": case.min_bytes(inputs["query"].element_size())}
             reason = AC.unsupported_reason(case, inputs, backend)
             if reason:
                 rows.append({**row, "skipped": reason})
@@ -261,7 +320,9 @@ def measure_attention(args, device: torch.device, dtype: torch.dtype) -> list:
             runner = AC.make_runner(case, inputs, backend)
             timing = time_ms(runner, device, args.warmup, args.repeats)
             row.update(median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
-                       times_ms=timing.times_ms, peak_mib=peak_mib(runner, device))
+                       times_ms=timing.times_ms, warmup=args.warmup, repeats=args.repeats,
+                       gbytes_per_s=row["bytes"] / (timing.median_ms * 1e-3) / 1e9,
+                       peak_mib=peak_mib(runner, device))
             rows.append(row)
             print(f"  attn {case.kind} {case.shape.label} {case.mode:7} {backend}: "
                   f"{row['median_ms']:.1f} ms", file=sys.stderr, flush=True)
@@ -283,6 +344,8 @@ ATTN_COLUMNS = (
     ("median ms", 9, lambda r: f"{r['median_ms']:.2f}"),
     ("min ms", 8, lambda r: f"{r['min_ms']:.2f}"),
     ("x reference", 11, lambda r: _fmt(r.get("vs_reference"), "{:.3f}")),
+    ("GB/s", 6, lambda r: f"{r['gbytes_per_s']:.1f}"),
+    ("% copy", 6, lambda r: _fmt(r.get("fraction_of_copy"), "{:.0%}")),
     ("peak MiB", 8, lambda r: _fmt(r.get("peak_mib"), "{:.1f}")),
     ("peak x ref", 10, lambda r: _fmt(r.get("peak_vs_reference"), "{:.3f}")),
 )
@@ -307,7 +370,9 @@ COLUMNS = (  # (header, width, row -> text)
     ("us/step", 8, lambda r: f"{r['us_per_step']:.1f}"),
     ("x torch.nn", 10, lambda r: _fmt(r.get("vs_torch_nn"), "{:.2f}")),
     ("x cell loop", 11, lambda r: _fmt(r.get("vs_cell_loop"), "{:.2f}")),
+    ("x compiled", 10, lambda r: _fmt(r.get("vs_compiled_cell_loop"), "{:.2f}")),
     ("% GEMM", 6, lambda r: f"{100 * r['fraction_of_gemm']:.0f}%"),
+    ("% copy", 6, lambda r: _fmt(r.get("fraction_of_copy"), "{:.0%}")),
     ("saved MiB", 9, lambda r: _fmt(r.get("saved_for_backward_mib"), "{:.1f}")),
     ("peak MiB", 8, lambda r: _fmt(r.get("peak_mib"), "{:.1f}")),
 )
@@ -318,20 +383,30 @@ def _fmt(value, spec: str) -> str:
 
 
 def table_legend(meta: dict, args) -> str:
-    gemm = meta["gemm"]
+    gemm, copy = meta["gemm"], meta["copy"]
     lines = [
         f"{meta['device_name']} ({meta['device']}, {meta['torch_threads']} threads), "
         f"torch {meta['torch']}, {meta['dtype']}, commit {(meta['git_commit'] or '?')[:10]}"
         f"{' (dirty)' if meta['git_dirty'] else ''}",
         f"GEMM ceiling: {gemm['n']}^3 {meta['dtype']} matmul, {gemm['gflops_before']:.0f} GFLOP/s "
         f"before the rows, {gemm['gflops_after']:.0f} after; the higher is used. "
+        f"Copy ceiling: {copy['mib']} MiB {meta['device']} tensor copied to another, "
+        f"{copy['gbytes_per_s_before']:.1f} GB/s (read + written) before the rows, "
+        f"{copy['gbytes_per_s_after']:.1f} after; the higher is used. "
         f"Other processes: {_fmt(meta['other_processes_cores'], '{:.2f}')} cores busy meanwhile.",
         f"median/min/max ms: {args.repeats} timed runs after {args.warmup} warm-up runs; "
         "us/step = median / T.",
-        "x torch.nn, x cell loop: this row's median time / theirs for the same case "
+        "x torch.nn, x cell loop, x compiled: this row's median time / theirs for the same case "
         "(below 1 = faster).",
+        f"{C.COMPILED_CELL_LOOP}: the cell loop with torch.compile of the cell's step (default "
+        "inductor); its compile, in the first warm-up run, is in the JSON (compile_s), not in "
+        f"the times. torch.compile here: {meta['torch_compile']}.",
         "% GEMM: GEMM FLOP rate (forward 2*B*G*H*(I+H) per step, G gates; fwd+bwd 3x) "
         "/ the GEMM ceiling.",
+        f"% copy (memory-bound rows: B <= {C.MEMORY_BOUND_MAX_BATCH}, attention): least bytes "
+        "moved / median time / the copy ceiling; least bytes = every tensor passed in read "
+        "once (x or query/keys/values, weights; fwd+bwd: and the output's gradient), every "
+        "tensor handed back written once (outputs, final state; fwd+bwd: and every gradient).",
         "saved MiB (fwd+bwd): distinct tensor storages autograd saves for backward, "
         "input and weights excluded.",
         "peak MiB (fwd+bwd): most tensor memory allocated at once during one fwd+bwd, above "
@@ -353,19 +428,31 @@ def format_table(rows: list, device_type: str, columns=COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def compile_summary(rows: list) -> str:
+    compiled = [r for r in rows if r["implementation"] == C.COMPILED_CELL_LOOP]
+    times = [r["compile_s"] for r in compiled if "compile_s" in r]
+    if not times:
+        reasons = {r["skipped"] for r in compiled if "skipped" in r}
+        return f"{C.COMPILED_CELL_LOOP}: no row timed ({'; '.join(sorted(reasons)) or 'not run'})"
+    return (f"{C.COMPILED_CELL_LOOP}: first calls (compile + one run) took {sum(times):.1f} s "
+            f"over {len(times)} rows, {min(times):.1f} to {max(times):.1f} s each, "
+            "outside the timed runs")
+
+
 def write_json(path: pathlib.Path, meta: dict, rows: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"metadata": meta, "rows": rows}, indent=1) + "\n")
 
 
-def plot(path: pathlib.Path, rows: list, meta: dict) -> None:
+def plot(path: pathlib.Path, rows: list, meta: dict) -> dict:
     """One panel per (cell, mode): time per step against batch size, one line per
-    implementation (log scales)."""
+    implementation (log scales). Returns the implementations drawn per panel title
+    (empty when matplotlib is missing)."""
     try:
         import matplotlib
     except ImportError:
         print(f"note: --plot {path} skipped: matplotlib is not installed (pip install matplotlib)")
-        return
+        return {}
     matplotlib.use("Agg")  # no display on benchmark machines
     import matplotlib.pyplot as plt
 
@@ -373,12 +460,14 @@ def plot(path: pathlib.Path, rows: list, meta: dict) -> None:
     panels = list(dict.fromkeys((r["cell"], r["mode"]) for r in timed))
     implementations = list(dict.fromkeys(r["implementation"] for r in timed))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    drawn = {}
     for ax, (cell, mode) in zip(axes[0], panels):
         for k, name in enumerate(implementations):
             pts = sorted((r["B"], r["us_per_step"]) for r in timed
                          if r["cell"] == cell and r["mode"] == mode and r["implementation"] == name)
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=f"C{k}", label=name)
+                drawn.setdefault(f"{cell} {mode}", []).append(name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
@@ -391,7 +480,9 @@ def plot(path: pathlib.Path, rows: list, meta: dict) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     print(f"plot: {path}")
+    return drawn
 
 
 # ---------------------------------------------------------------- main
@@ -402,24 +493,34 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     meta = environment(device, dtype)
     other_load = OtherLoad()
+    copy_bytes = args.copy_mib * 2 ** 20
     gemm_before = gemm_gflops(args.gemm_size, device, dtype)
+    copy_before = copy_gbytes_per_s(copy_bytes, device)
     rows = measure_all(args, device, dtype) if "recurrence" in args.ops else []
     attn_rows = measure_attention(args, device, dtype) if "attention" in args.ops else []
     # Measured again after the rows: a drop means the machine throttled or got busy.
     gemm_after = gemm_gflops(args.gemm_size, device, dtype)
+    copy_after = copy_gbytes_per_s(copy_bytes, device)
     meta["gemm"] = {"n": args.gemm_size, "gflops_before": gemm_before, "gflops_after": gemm_after}
-    add_ratios(rows, max(gemm_before, gemm_after))
+    meta["copy"] = {"mib": args.copy_mib, "gbytes_per_s_before": copy_before,
+                    "gbytes_per_s_after": copy_after}
+    add_ratios(rows, max(gemm_before, gemm_after), max(copy_before, copy_after))
+    for r in attn_rows:
+        add_copy_fraction(r, max(copy_before, copy_after))
     tag_rows(rows, meta)
     tag_rows(attn_rows, meta)
     meta["settings"] = {"warmup": args.warmup, "repeats": args.repeats,
                         "backends": args.backends, "cells": args.cells, "ops": args.ops,
-                        "matrix": args.matrix}
+                        "matrix": args.matrix,
+                        "shapes": [dataclasses.asdict(s) for s in args.shapes],
+                        "attn_shapes": [dataclasses.asdict(s) for s in args.attn_shapes]}
     meta["runtime_s"] = time.perf_counter() - started
     meta["other_processes_cores"] = other_load.cores_used()
 
     print(table_legend(meta, args))
     if rows:
         print(format_table(rows, device.type))
+        print(compile_summary(rows))
     if attn_rows:
         print("\nattention (x reference: time / the reference's; peak x ref: peak memory / the "
               "reference's; fwd+bwd of the context, weights not returned)")
