@@ -141,7 +141,7 @@ def save_heatmap(path, model, gen, args) -> None:
     print(f"heatmap: {path}")
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--impl", choices=("fused", "torch"), default="fused")
     p.add_argument("--steps", type=int, default=300)
@@ -150,30 +150,40 @@ def main(argv=None) -> None:
     p.add_argument("--max-len", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heatmap", default="seq2seq_attention.png")
-    args = p.parse_args(argv)
-    try:
-        from tqdm import trange
-    except ImportError:  # the progress bar is a nicety, not a requirement
-        def trange(n, **_):
-            return range(n)
+    return p.parse_args(argv)
 
+
+def train(args, progress=None):
+    """Train a fresh model (same seed, same initial weights for either impl); returns
+    ``(model, losses per step, the batch generator, seconds)``."""
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = Seq2Seq(args.impl)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn = nn.CrossEntropyLoss(ignore_index=PAD)
-    started = time.perf_counter()
-    bar = trange(args.steps, desc=f"training ({args.impl})")
-    for _ in bar:
+    losses, started = [], time.perf_counter()
+    for _ in (progress or range)(args.steps):
         src, lengths, tgt = make_batch(args.batch, args.min_len, args.max_len, gen)
         loss = loss_fn(model(src, lengths, tgt).flatten(0, 1), tgt.flatten())
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # Adam on a near-zero loss can jump
         opt.step()
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    print(f"trained {args.steps} steps in {time.perf_counter() - started:.1f} s; "
+        losses.append(loss.item())
+    return model, losses, gen, time.perf_counter() - started
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        from tqdm import trange
+    except ImportError:  # the progress bar is a nicety, not a requirement
+        def trange(n, **_):
+            return range(n)
+
+    model, losses, gen, seconds = train(
+        args, lambda n: trange(n, desc=f"training ({args.impl})"))
+    print(f"trained {args.steps} steps in {seconds:.1f} s (final loss {losses[-1]:.3f}); "
           f"greedy whole-sequence accuracy: {accuracy(model, gen, args):.3f}")
     if args.heatmap:
         save_heatmap(args.heatmap, model, gen, args)
