@@ -280,6 +280,19 @@ def _triton_availability() -> Optional[str]:
     return _triton_reason["reason"]
 
 
+def _triton_refusals(call: OpCall) -> list:
+    """What the interpreter (the only way triton meets CPU tensors) computes wrongly."""
+    if call.device.type != "cpu":
+        return []
+    if call.dtype == torch.bfloat16:
+        # numpy has no bf16: triton 3.9's interpreter multiplies tl.dot's bf16 operands
+        # as raw bits (errors ~1e10). The GPU kernels are not affected.
+        return ["the Triton interpreter computes tl.dot on bf16 wrongly (bf16 runs on CUDA)"]
+    if call.op == "attention" and call.dtype == torch.float16:
+        return ["the attention kernels take half dtypes on CUDA only (not the interpreter)"]
+    return []
+
+
 register_backend(
     Backend(
         name="triton",
@@ -290,6 +303,7 @@ register_backend(
         dtypes=_FLOATS,
         tolerances=_TOLERANCES,
         availability=_triton_availability,
+        extra_reasons=_triton_refusals,
         build_hint="Install Triton with `pip install triton` (CUDA GPUs).",
     )
 )

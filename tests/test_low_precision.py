@@ -8,7 +8,6 @@ rounded inputs and weights, so only the arithmetic differs. Measured: outputs, f
 states and the gradients of the input and of every weight.
 """
 
-import os
 
 import pytest
 import torch
@@ -20,38 +19,22 @@ from fused_rnn import testing
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 T, B, I, H = 12, 5, 16, 24
 
 
-def _accepting(op_backends, dtype):
-    """(backend, skip reason or None) for each available backend that declares ``dtype``."""
-    out = []
-    for name in op_backends:
-        b = backends.get_backend(name)
-        if dtype in b.dtypes and DEVICE in b.device_types:
-            out.append(name)
-    return out
-
-
-def _params(reason_for):
-    return [pytest.param(name, dn, id=f"{name}-{dn}",
-                         marks=[pytest.mark.skip(reason=r)] if (r := reason_for(name, dt)) else [])
-            for dn, dt in HALF.items() for name in _accepting(testing.testable_backends(), dt)]
-
-
-def _recurrence_skip(name, dtype):
-    if name == "triton" and INTERPRETED and dtype == torch.bfloat16:
-        # triton 3.9's interpreter computes tl.dot on bf16 operands from their raw bits (numpy
-        # has no bf16): errors ~1e10. The kernels are fine on GPUs; see the xfail below.
-        return "Triton interpreter: tl.dot on bf16 is wrong (numpy has no bf16)"
-    return None
-
-
-def _attention_skip(name, dtype):
-    if name == "triton" and INTERPRETED:
-        return "the triton attention launcher refuses half dtypes under the interpreter"
-    return None
+def _params(op: str):
+    """(backend, dtype name) for each available backend declaring the dtype; skipped, with
+    the backend's own words, where it refuses the call on this device."""
+    params = []
+    for dn, dt in HALF.items():
+        for name in testing.testable_backends():
+            b = backends.get_backend(name)
+            if dt not in b.dtypes or DEVICE not in b.device_types:
+                continue
+            reasons = b.not_supported_reasons(backends.OpCall(op, torch.device(DEVICE), dt))
+            marks = [pytest.mark.skip(reason="; ".join(reasons))] if reasons else []
+            params.append(pytest.param(name, dn, id=f"{name}-{dn}", marks=marks))
+    return params
 
 
 def _floor(ref: torch.Tensor, dtype) -> float:
@@ -87,7 +70,7 @@ def _run_module(m, x, ups, backend=None):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("backend,dt", _params(_recurrence_skip))
+@pytest.mark.parametrize("backend,dt", _params("recurrence"))
 def test_recurrence_error_at_most_twice_torch_nn(backend, dt, mode):
     dtype = HALF[dt]
     cls, kw = MODES[mode]
@@ -110,10 +93,6 @@ def test_recurrence_error_at_most_twice_torch_nn(backend, dt, mode):
 
 
 @pytest.mark.skipif("triton" not in testing.testable_backends(), reason="triton is not available")
-@pytest.mark.xfail(INTERPRETED, strict=True,
-                   reason="open: the triton backend declares bf16 on CPU under the interpreter and "
-                          "returns wrong values; backends.py should refuse it there, as the "
-                          "attention launcher does (then remove this mark)")
 def test_triton_recurrence_on_cpu_refuses_bf16_or_is_right():
     m = fused_rnn.GRU(4, 16).bfloat16()
     x = torch.randn(3, 2, 4).bfloat16()
@@ -144,7 +123,7 @@ def _torch_attention(score, q, k, vals, v, valid):
 
 
 @pytest.mark.parametrize("score", SCORES)
-@pytest.mark.parametrize("backend,dt", _params(_attention_skip))
+@pytest.mark.parametrize("backend,dt", _params("attention"))
 def test_attention_error_at_most_twice_torch(backend, dt, score):
     dtype = HALF[dt]
     q, k = torch.randn(B, TQ, D, device=DEVICE), torch.randn(B, TK, D, device=DEVICE)
