@@ -40,15 +40,19 @@ def recurrence_lines(rows: list) -> list:
              and "median_ms" in r]
     peak = {(r["cell"], r["B"], r["mode"], r["implementation"]): r.get("peak_mib") for r in rows
             if "cell" in r}
-    lines = ["| cell | shape | mode | backend | ms | vs torch.nn | vs cell loop | peak MiB vs torch.nn |",
-             "|---|---|---|---|---|---|---|---|"]
+    # Result files from before the compiled cell loop was a baseline have no such ratio.
+    compiled = any("vs_compiled_cell_loop" in r for r in fused)
+    lines = ["| cell | shape | mode | backend | ms | vs torch.nn | vs cell loop | "
+             + ("vs compiled loop | " if compiled else "") + "peak MiB vs torch.nn |",
+             "|---|---|---|---|---|---|---|---|" + ("---|" if compiled else "")]
     for r in fused:
         mine, base = peak.get((r["cell"], r["B"], r["mode"], r["implementation"])), \
             peak.get((r["cell"], r["B"], r["mode"], "torch.nn"))
         mem = f"{mine:.1f} vs {base:.1f}" if mine is not None and base is not None else "-"
+        vs_compiled = f"{_ratio(r.get('vs_compiled_cell_loop'))} | " if compiled else ""
         lines.append(f"| {r['cell']} | T{r['T']} B{r['B']} I{r['I']} H{r['H']} | {r['mode']} | "
                      f"{r['backend']} | {r['median_ms']:.1f} | {_ratio(r.get('vs_torch_nn'))} | "
-                     f"{_ratio(r.get('vs_cell_loop'))} | {mem} |")
+                     f"{_ratio(r.get('vs_cell_loop'))} | {vs_compiled}{mem} |")
     return lines
 
 

@@ -3,8 +3,8 @@
     python -m pytest benchmarks --benchmark-only                  # CPU
     python -m pytest benchmarks --benchmark-only --bench-device cuda
 
-Each group (one case) compares torch.nn, the cell loop and every available fused_rnn
-backend. Few rounds: the reference backend is a slow Python loop, and the table with
+Each group (one case) compares torch.nn, the cell loop (eager and with its step compiled) and
+every available fused_rnn backend. Few rounds: the reference backend is a slow Python loop, and the table with
 ratios, FLOP rates and memory is ``python -m benchmarks.run``'s job.
 """
 
@@ -39,6 +39,17 @@ def test_recurrence(benchmark, bench_device, case, implementation):
         runner()
         synchronize(bench_device)  # time the GPU's work, not only its launch
 
+    if implementation == C.COMPILED_CELL_LOOP:
+        compile_or_skip(run_and_wait)
     benchmark.group = case.id
     benchmark.extra_info.update(flops=case.flops(), T=case.shape.T)
     benchmark.pedantic(run_and_wait, warmup_rounds=1, rounds=3, iterations=1)
+
+
+def compile_or_skip(run_once) -> None:
+    """Compile before the benchmark's rounds (the runner reports compile time on its own), and
+    skip with the reason where torch.compile fails, as the runner's row does."""
+    try:
+        run_once()
+    except Exception as err:  # noqa: BLE001 (whatever the compiler raises)
+        pytest.skip(f"torch.compile failed: {C.first_line(err)}")
