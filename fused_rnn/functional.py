@@ -61,6 +61,32 @@ def _check_weights(layers, x: torch.Tensor, mode: str) -> None:
         )
     if w0.w_hr is not None and mode != LSTM:
         raise ValueError(f"proj_size > 0 is only supported for LSTM, not {mode}")
+    _check_weight_shapes(layers, mode)
+
+
+def _check_weight_shapes(layers, mode: str) -> None:
+    """Hand-made weights (the functional API) must fit together as torch.nn's do."""
+    G, w0 = GATES[mode], layers[0][0]
+    GH = w0.w_ih.shape[0] if w0.w_ih.dim() == 2 else -1
+    if GH < 0 or GH % G:
+        raise ValueError(f"weights[layer 0].w_ih must be 2-D with {G} * hidden_size rows for "
+                         f"{mode}, got shape {shape_str(w0.w_ih.shape)}")
+    H = GH // G
+    P = w0.w_hr.shape[0] if w0.w_hr is not None else H
+    D = len(layers[0])
+    for li, dirs in enumerate(layers):
+        in_size = w0.w_ih.shape[1] if li == 0 else D * P
+        expected = {"w_ih": ((GH, in_size), f"({G} * hidden_size, "
+                                            + ("input_size)" if li == 0 else "directions * state size)")),
+                    "w_hh": ((GH, P), f"({G} * hidden_size, " + ("proj_size)" if P != H else "hidden_size)")),
+                    "b_ih": ((GH,), f"({G} * hidden_size,)"), "b_hh": ((GH,), f"({G} * hidden_size,)"),
+                    "w_hr": ((P, H), "(proj_size, hidden_size)")}
+        for d, w in enumerate(dirs):
+            for field, t in zip(LayerWeights._fields, w):
+                if t is not None:
+                    shape, meaning = expected[field]
+                    check_shape(f"weights[layer {li}{', reverse' if d else ''}].{field}", t,
+                                shape, meaning)
 
 
 def _initial_state(mode, hx, layers, x):

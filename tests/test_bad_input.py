@@ -154,3 +154,16 @@ def test_attention_devices_and_dtypes_bad_input(case):
     args, exc, match = ATTENTION_BAD[case]
     with pytest.raises(exc, match=match):
         F.attention(args.pop("query"), args.pop("keys"), args.pop("values", None), **args)
+
+
+@pytest.mark.parametrize("layer,field,shape,match", [
+    (0, 1, (24, 5), r"weights\[layer 0\]\.w_hh must have shape \(24, 6\)"),
+    (0, 2, (23,), r"weights\[layer 0\]\.b_ih must have shape \(24,\)"),
+    (1, 0, (24, 4), r"weights\[layer 1\]\.w_ih must have shape \(24, 6\)"),
+])
+def test_functional_weights_that_do_not_fit_name_the_tensor(layer, field, shape, match):
+    # torch.nn builds consistent weights; hand-made ones for the functional API may not.
+    weights = list(torch.nn.LSTM(4, 6, num_layers=2)._flat_weights)
+    weights[4 * layer + field] = torch.randn(shape)
+    with pytest.raises(ValueError, match=match):
+        fused_rnn.functional.lstm(torch.randn(3, 2, 4), None, weights, num_layers=2)

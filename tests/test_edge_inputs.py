@@ -134,11 +134,5 @@ def test_layouts_of_inputs_and_states(backend, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_layouts_of_weights(backend, layout, request):
-    if backend == "cpu" and layout == "strided":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=RuntimeError,
-            reason="open: csrc/bindings/recurrence.cpp refuses weights that are neither "
-                   "contiguous nor transposed-contiguous, though it copies them with "
-                   ".contiguous() right after; drop that check"))
+def test_layouts_of_weights(backend, layout):
     _layout_case(backend, layout, views_of_weights=True)

@@ -91,11 +91,7 @@ Sizes check_common(int64_t mode, const Tensor& x, const Tensor& h0, const option
                   "], got values from ", lo, " to ", hi);
     }
   }
-  for (const Tensor* w : {&w_ih, &w_hh}) {
-    TORCH_CHECK(w->is_contiguous() || w->t().is_contiguous(),
-                "fused_rnn: weights must be contiguous or transposed-contiguous");
-  }
-  return s;
+  return s;  // any weight layout: the callers pass them on through .contiguous()
 }
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_forward(
