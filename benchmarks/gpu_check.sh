@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
 # Uses the torch, triton and nvcc already installed (no network needed); about 9 minutes
-# on an H100. Commit OUTDIR's JSON under benchmarks/results/ named after the device and
+# on an H100 before the torch.compile baseline (one cell-step compile per row) was added. Commit OUTDIR's JSON under benchmarks/results/ named after the device and
 # the date, then run `python -m benchmarks.readme_table`.
 set -euo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
