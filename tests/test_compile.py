@@ -51,14 +51,15 @@ def _layer_inputs(mode, proj, batch, dtype, with_lengths):
 
 
 @pytest.mark.parametrize("batch", [3, 0])
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("mode,proj", [("LSTM", 0), ("LSTM", P), ("GRU", 0), ("RNN_TANH", 0)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_saved_like_matches_the_forward(backend, mode, proj, with_lengths, batch, dtype):
+def test_saved_like_matches_the_forward(backend, mode, proj, with_lengths, reverse, batch, dtype):
     ops = backends.get_backend(backend).ops("recurrence")
     x, h0, c0, w, lengths = _layer_inputs(mode, proj, batch, dtype, with_lengths)
-    saved = ops._fwd(mode, False, x, h0, c0, w, lengths, need_saved=True)[3]
-    like = ops.saved_like(mode, x, h0, c0, w, lengths)
+    saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved=True)[3]
+    like = ops.saved_like(mode, reverse, x, h0, c0, w, lengths)
     assert [(tuple(t.shape), t.dtype) for t in like] == [(tuple(t.shape), t.dtype) for t in saved]
 
 

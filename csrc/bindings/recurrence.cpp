@@ -121,7 +121,10 @@ std::vector<Tensor> recurrence_backward(
   if (cpu::act_count(mode)) {
     check_like_x("saved[acts]", saved[n++], x, {s.T, s.B, cpu::act_count(mode) * s.H});
   }
-  check_like_x("saved[hs]", saved[n++], x, {s.T + 1, s.B, s.P});
+  // Forward in time without lengths or projection, the states are saved as the output y.
+  const bool states_in_y = !reverse && !(lengths.has_value() && lengths->defined()) && !proj;
+  check_like_x(states_in_y ? "saved[y]" : "saved[hs]", saved[n++], x,
+               {states_in_y ? s.T : s.T + 1, s.B, s.P});
   if (mode == cpu::kLSTM) check_like_x("saved[cs]", saved[n++], x, {s.T + 1, s.B, s.H});
   if (proj) check_like_x("saved[y_pre]", saved[n++], x, {s.T, s.B, s.H});
   for (const Tensor& t : saved) {

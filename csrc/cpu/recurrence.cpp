@@ -170,9 +170,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
       bias = b_ih + b_hh;
     }
   }
+  // Forward in time, no lengths, no projection: the output is the state sequence itself
+  // (y[t] = h_{t+1}), so the states live in y and backward reads them from y and h0; one
+  // [T, B, P] buffer fewer.
+  const bool states_in_y = need_saved && !reverse && !lengths.defined() && !proj;
   const int64_t S = need_saved ? nT + 1 : 2;  // state slots: all steps, or ping-pong
-  at::Tensor hs = at::empty({S, B, P}, opts);
-  hs[0].copy_(h0);
+  at::Tensor hs;
+  if (!states_in_y) {
+    hs = at::empty({S, B, P}, opts);
+    hs[0].copy_(h0);
+  }
+  const at::Tensor h0c = h0.contiguous();
   at::Tensor cs;
   if (lstm) {
     cs = at::empty({S, B, H}, opts);
@@ -193,8 +201,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
 
   for (int64_t t = 0; t < nT; ++t) {
     const int64_t sp = need_saved ? t : t % 2, sn = need_saved ? t + 1 : (t + 1) % 2;
-    const at::Tensor h_prev = hs[sp];
-    at::Tensor h_next = hs[sn];
+    T* const h_prev = states_in_y ? (t ? y[t - 1] : h0c).data_ptr<T>() : hs[sp].data_ptr<T>();
+    at::Tensor h_next = states_in_y ? y[t] : hs[sn];
     at::Tensor yp = proj ? ypre[need_saved ? t : 0] : at::Tensor();
 
     FwdStep<T> a;
@@ -206,11 +214,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     a.gi = ptr<T>(gi);
     a.bias = ptr<T>(bias);
     a.b_hn = ptr<T>(b_hn);
-    a.h_prev = h_prev.data_ptr<T>();
+    a.h_prev = h_prev;
     a.h_new = proj ? yp.data_ptr<T>() : h_next.data_ptr<T>();
     a.c_prev = lstm ? cs[sp].data_ptr<T>() : nullptr;
     a.c_new = lstm ? cs[sn].data_ptr<T>() : nullptr;
-    a.y = proj ? nullptr : y.data_ptr<T>();
+    a.y = proj || states_in_y ? nullptr : y.data_ptr<T>();
     a.acts = acts.defined() ? acts[t].data_ptr<T>() : nullptr;
     a.proj = proj;
     for_items(plan.items(), item_flops(plan, input_gemm ? P : I + P),
@@ -223,12 +231,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   }
 
   const int64_t last = need_saved ? nT : nT % 2;
-  at::Tensor h_n = hs[last].clone();
+  at::Tensor h_n = states_in_y ? (nT ? y[nT - 1] : h0c).clone() : hs[last].clone();
   at::Tensor c_n = lstm ? cs[last].clone() : none_like(x);
   std::vector<at::Tensor> saved;
   if (need_saved) {
     if (A) saved.push_back(acts);
-    saved.push_back(hs);
+    saved.push_back(states_in_y ? y : hs);
     if (lstm) saved.push_back(cs);
     if (proj) saved.push_back(ypre);
   }
@@ -251,14 +259,36 @@ void add_hidden_side_product(at::Tensor& dh, const at::Tensor& da, const at::Ten
 // The reverse loop. Turns da [T, B, ld] (LSTM and GRU: the saved activations) into the gate
 // gradients of every step, fills dhs [T, B, P] with a projection (dh + dy per step, for
 // dW_hr); returns dh0, dc0.
+// The states h_0..h_T of the forward: a saved [T+1, B, P] buffer, or (forward in time,
+// no lengths, no projection) h0 and the output y [T, B, P], whose step t is h_{t+1}.
+struct States {
+  at::Tensor saved, h0;
+  bool in_y;
+  States(const at::Tensor& saved_, const at::Tensor& h0_, int64_t nT)
+      : saved(saved_), h0(h0_.contiguous()), in_y(saved_.size(0) == nT) {}
+  at::Tensor at_step(int64_t t) const { return in_y ? (t ? saved[t - 1] : h0) : saved[t]; }
+  // out = cols^T [h_0; ...; h_{T-1}] for cols [T*B, n]: one GEMM, or two around y's start.
+  void first_t_product(at::Tensor out, const at::Tensor& cols, int64_t nT, int64_t B) const {
+    const int64_t P = h0.size(-1);
+    if (!in_y) {
+      at::mm_out(out, cols.t(), saved.narrow(0, 0, nT).view({nT * B, P}));
+      return;
+    }
+    at::mm_out(out, cols.narrow(0, 0, B).t(), h0);
+    if (nT > 1) {
+      out.addmm_(cols.narrow(0, B, (nT - 1) * B).t(), saved.narrow(0, 0, nT - 1).view({(nT - 1) * B, P}));
+    }
+  }
+};
+
 template <typename T>
 std::pair<at::Tensor, at::Tensor> backward_loop(
     int64_t mode, const StepShape& shape, const at::Tensor& w_hh, const at::Tensor& w_hr,
-    const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& dy, const at::Tensor& dh_n,
+    const States& hs, const at::Tensor& cs, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n, at::Tensor& da, at::Tensor& dhs) {
   const int64_t nT = shape.T, B = shape.B, H = shape.H, P = shape.P;
   const bool lstm = mode == kLSTM, gru = mode == kGRU, proj = w_hr.defined();
-  const auto opts = hs.options();
+  const auto opts = dy.options();
   const Kernels<T>& k = kernels<T>();
 
   at::Tensor dh = dh_n.defined() ? dh_n.contiguous().clone() : at::zeros({B, P}, opts);
@@ -285,8 +315,8 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       a.k2 = last || !gru ? 0 : H;
       a.da_next = da[last ? t : t + 1].data_ptr<T>();
       a.dh = dh.data_ptr<T>();
-      a.h_prev = hs[t].data_ptr<T>();
-      a.h_new = hs[t + 1].data_ptr<T>();
+      a.h_prev = hs.at_step(t).data_ptr<T>();
+      a.h_new = hs.at_step(t + 1).data_ptr<T>();
       a.c_prev = lstm ? cs[t].data_ptr<T>() : nullptr;
       a.c_new = lstm ? cs[t + 1].data_ptr<T>() : nullptr;
       a.da = da[t].data_ptr<T>();
@@ -344,7 +374,7 @@ std::vector<at::Tensor> backward_impl(
   size_t n = 0;
   // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place.
   at::Tensor da = act_count(mode) ? saved[n++] : at::empty({nT, B, H}, opts);
-  const at::Tensor hs = saved[n++];                                    // [T+1, B, P]
+  const States hs(saved[n++], h0, nT);                                 // see States
   const at::Tensor cs = lstm ? saved[n++] : at::Tensor();              // [T+1, B, H]
   const at::Tensor ypre = proj ? saved[n++] : at::Tensor();            // [T, B, H]
 
@@ -364,17 +394,14 @@ std::vector<at::Tensor> backward_impl(
   at::Tensor dx = at::mm(da_in, w_ih);
   if (reverse) dx = dx.index_select(0, order);
   at::Tensor dw_ih = at::mm(da_in.t(), x_loop);
-  const at::Tensor h2 = hs.narrow(0, 0, nT).view({nT * B, P});
-  at::Tensor dw_hh, db_hh;
+  at::Tensor dw_hh = at::empty({GH, P}, opts), db_hh;
   at::Tensor db_ih = b_ih.defined() ? da_in.sum(0) : none_like(x);
   if (gru) {
-    dw_hh = at::empty({GH, P}, opts);
-    at::Tensor rz = dw_hh.narrow(0, 0, 2 * H), nh = dw_hh.narrow(0, 2 * H, H);
-    at::mm_out(rz, D.narrow(1, 0, 2 * H).t(), h2);
-    at::mm_out(nh, D.narrow(1, 3 * H, H).t(), h2);
+    hs.first_t_product(dw_hh.narrow(0, 0, 2 * H), D.narrow(1, 0, 2 * H), nT, B);
+    hs.first_t_product(dw_hh.narrow(0, 2 * H, H), D.narrow(1, 3 * H, H), nT, B);
     if (b_hh.defined()) db_hh = at::cat({db_ih.narrow(0, 0, 2 * H), D.narrow(1, 3 * H, H).sum(0)});
   } else {
-    dw_hh = at::mm(da_in.t(), h2);
+    hs.first_t_product(dw_hh, da_in, nT, B);
     if (b_hh.defined()) db_hh = db_ih.clone();
   }
   if (!b_hh.defined()) db_hh = none_like(x);

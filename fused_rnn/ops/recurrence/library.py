@@ -46,7 +46,7 @@ def _(backend, cell, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, 
     H, P = w_hh.shape[0] // GATES[cell], w_hh.shape[1]
     c_n = x.new_empty(B, H) if cell == LSTM else x.new_empty(0)
     w = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
-    saved = _ops(backend).saved_like(cell, x, h0, c0, w, lengths) if need_saved else ()
+    saved = _ops(backend).saved_like(cell, reverse, x, h0, c0, w, lengths) if need_saved else ()
     return x.new_empty(T, B, P), x.new_empty(B, P), c_n, list(saved)
 
 

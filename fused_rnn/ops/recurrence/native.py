@@ -4,7 +4,8 @@ The same launchers as ``reference.py`` (``_fwd``/``_bwd``, one layer and one dir
 time-major); the time loops, the fused gate passes and the GEMMs run in C++
 (``csrc/cpu/recurrence.cpp``). ``saved`` is what the C++ forward returns for its backward:
 LSTM ``(acts [T, B, 4H], hs [T+1, B, P], cs [T+1, B, H][, y_pre [T, B, H]])``,
-GRU ``(acts [T, B, 4H], hs [T+1, B, H])``, RNN ``(hs [T+1, B, H],)``.
+GRU ``(acts [T, B, 4H], hs [T+1, B, H])``, RNN ``(hs [T+1, B, H],)``; forward in time
+without lengths or projection, ``hs`` is the output y itself (the states h_1..h_T).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc
     return dx, dh0, (dc0 if mode == LSTM else None), grads
 
 
-def saved_like(mode, x, h0, c0, w: LayerWeights, lengths):
+def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
     """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
-    return fused_saved_like(mode, x, w)
+    in_output = not reverse and lengths is None and w.w_hr is None
+    return fused_saved_like(mode, x, w, states_in_output=in_output)

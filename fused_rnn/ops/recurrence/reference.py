@@ -219,6 +219,6 @@ def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc
     return dx, dh, dc, grads
 
 
-def saved_like(mode, x, h0, c0, w: LayerWeights, lengths):
+def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
     """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
     return reference_saved_like(mode, x, w)

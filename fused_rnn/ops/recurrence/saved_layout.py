@@ -20,12 +20,14 @@ def _sizes(mode: str, x: torch.Tensor, w: LayerWeights):
 
 
 def fused_saved_like(mode: str, x: torch.Tensor, w: LayerWeights,
-                     cell_dtype: Optional[torch.dtype] = None) -> tuple:
+                     cell_dtype: Optional[torch.dtype] = None,
+                     states_in_output: bool = False) -> tuple:
     """The cpu and triton layout: LSTM ``(acts [T, B, 4H], hs [T+1, B, P], cs [T+1, B, H]
     [, y_pre [T, B, H]])``, GRU ``(acts [T, B, 4H], hs [T+1, B, H])``, RNN ``(hs,)``;
-    ``cs`` in ``cell_dtype`` (default x's)."""
+    ``cs`` in ``cell_dtype`` (default x's). ``states_in_output``: ``hs`` is the output y
+    [T, B, P] instead (h_1..h_T; h_0 is the initial state)."""
     T, B, H, P = _sizes(mode, x, w)
-    hs = x.new_empty(T + 1, B, P)
+    hs = x.new_empty(T if states_in_output else T + 1, B, P)
     if mode == LSTM:
         cs = x.new_empty(T + 1, B, H, dtype=cell_dtype or x.dtype)
         proj = (x.new_empty(T, B, H),) if w.w_hr is not None else ()

@@ -260,9 +260,9 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def saved_like(mode, x, h0, c0, w: LayerWeights, lengths):
+def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
     """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
     if x.shape[1] == 0:  # _fwd hands an empty batch to the reference
-        return reference.saved_like(mode, x, h0, c0, w, lengths)
+        return reference.saved_like(mode, reverse, x, h0, c0, w, lengths)
     half = x.dtype in (torch.float16, torch.bfloat16)
     return fused_saved_like(mode, x, w, _acc_dtype(x.dtype) if half else None)
