@@ -4,9 +4,13 @@ Triton: every kernel is lowered to TTIR for sm_90 (no GPU needed, ~0.3 s each) a
 address arithmetic is read from it: no pointer offset may come from a 32-bit product of
 two runtime values (``rows * P`` with rows int32 wraps once T*B*H > 2^31; Triton's
 program ids, aranges and integer arguments are int32 unless cast). Products with a
-constant (``pid * BLOCK``) stay bounded by one size and are allowed; the trace stops at
-loop induction variables (bounded by one size, ``range(0, P, BLOCK)``). Known exceptions
-are listed below with their fix.
+constant (``pid * BLOCK``) stay bounded by one size and are allowed, and so are products
+with an index inside a tile (``tl.arange(0, BLOCK)[:, None] * n_cols``, below BLOCK times
+one row: the kernels add the 64-bit offset of a tile's first row to its base pointer and
+keep the offsets inside the tile 32-bit, which holds while a row times the tallest tile,
+128, stays below 2^31, rows under 16M elements). The trace stops at loop induction
+variables (bounded by one size, ``range(0, P, BLOCK)``), but a product of one with a size
+(``k0 * P``) is flagged. No exceptions: any 32-bit product of two sizes fails.
 
 C++ (csrc/cpu): the kernels index raw pointers with int64_t sizes (kernels.h, StepShape,
 AttnArgs) and copy strided inputs to contiguous ones first, so no view can reach them with a
@@ -73,10 +77,11 @@ def narrow_address_products(text: str) -> list:
     defs, locs = _parse(text)
 
     def constant(name, seen=()):
+        """A compile-time constant or an index within a tile (tl.arange), reshaped."""
         d = defs.get(name)
         if d is None or name in seen:
             return False
-        if d[0] == "arith.constant":
+        if d[0] in ("arith.constant", "tt.make_range"):
             return True
         return d[0] in ("tt.splat", "tt.broadcast", "tt.expand_dims", "arith.extsi",
                         "arith.extui") and all(constant(o, seen + (name,)) for o in d[1])
@@ -125,14 +130,21 @@ def lower(fn, signature: dict, constexprs: dict) -> str:
 
 
 @triton.jit
-def _probe_kernel(x_ptr, n_rows, n_cols, WIDE: tl.constexpr, BLOCK: tl.constexpr):
-    """The analysis' own check: rows * n_cols is 32-bit unless WIDE."""
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    if WIDE:
-        rows = rows.to(tl.int64)
+def _probe_kernel(x_ptr, n_rows, n_cols, WIDE: tl.constexpr, TILE: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """The analysis' own check: rows * n_cols is 32-bit unless WIDE; with TILE, the tile's
+    first row is a 64-bit offset and the offsets inside it are 32-bit (allowed)."""
+    r0 = tl.program_id(0) * BLOCK
+    rows = r0 + tl.arange(0, BLOCK)
     cols = tl.arange(0, BLOCK)
     ok = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    tl.store(x_ptr + rows[:, None] * n_cols + cols[None, :], 1.0, mask=ok)
+    if TILE:
+        tile = x_ptr + tl.cast(r0, tl.int64) * n_cols
+        tl.store(tile + tl.arange(0, BLOCK)[:, None] * n_cols + cols[None, :], 1.0, mask=ok)
+    else:
+        if WIDE:
+            rows = rows.to(tl.int64)
+        tl.store(x_ptr + rows[:, None] * n_cols + cols[None, :], 1.0, mask=ok)
 
 
 def _signature(fn, consts, ints, int_ptrs=(), acc_ptrs=(), dtype="bf16"):
@@ -183,11 +195,11 @@ def attention_cases():
 def analyse_all() -> dict:
     """{"probe": {...}, "recurrence": {kernel: [lines]}, "attention": {kernel: [lines]}}."""
     out = {"probe": {}, "recurrence": {}, "attention": {}}
-    for wide in (False, True):
-        consts = dict(WIDE=wide, BLOCK=32)
+    for kind in ("narrow", "wide", "tile"):
+        consts = dict(WIDE=kind == "wide", TILE=kind == "tile", BLOCK=32)
         text = lower(_probe_kernel, _signature(_probe_kernel, consts, ("n_rows", "n_cols"),
                                                acc_ptrs=("x_ptr",)), consts)
-        out["probe"]["wide" if wide else "narrow"] = narrow_address_products(text)
+        out["probe"][kind] = narrow_address_products(text)
     rec_ints = ("s", "B", "H", "P", "T")
     rec_acc = ("dh_ptr", "dyp_ptr", "dc_ptr", "cs_ptr")
     for fn, consts in recurrence_cases():
@@ -218,55 +230,24 @@ def analysis():
 def test_the_check_sees_a_32_bit_row_offset(analysis):
     assert analysis["probe"]["narrow"] and "rows[:, None] * n_cols" in analysis["probe"]["narrow"][0]
     assert analysis["probe"]["wide"] == []
+    assert analysis["probe"]["tile"] == []  # 64-bit tile start, 32-bit offsets inside
 
 
-# Known and open: `_rows` (every tile load of the attention kernels) multiplies the row
-# index by the row length in 32 bits, which wraps when one batch's [Tk, D] keys or
-# [Tq, Tk] weights pass 2^31 elements (e.g. Tq = Tk = 48k with need_weights). Casting the
-# row index to int64 there fixes it but makes _attn_fwd (additive, sm_80) and
-# _attn_bwd_dkx (bf16 dot, sm_90) spill 16-32 bytes (tests/test_attention_triton_compile.py);
-# the spill-free fix is a 64-bit scalar offset of the tile's first row added to the base
-# pointer, with 32-bit offsets inside the tile.
-KNOWN_NARROW_ATTENTION = {
-    "return tl.load(base + offs_r[:, None] * n_cols + offs_c[None, :],",
-}
+def _assert_none(per_kernel: dict):
+    found = sorted({line for lines in per_kernel.values() for line in lines})
+    assert not found, "32-bit products of sizes in addresses (make one factor int64, or " \
+        "add a 64-bit tile start to the base pointer):\n" + "\n".join(found)
 
 
 def test_attention_kernels_compute_offsets_in_64_bit(analysis):
     assert set(analysis["attention"]) == {"_attn_fwd", "_attn_combine", "_attn_weights",
                                           "_attn_bwd_dkx", "_attn_bwd_dq"}
-    _assert_only_known(analysis["attention"], KNOWN_NARROW_ATTENTION, "KNOWN_NARROW_ATTENTION")
-
-
-def _assert_only_known(per_kernel: dict, known: set, name: str):
-    found = {line.split(": ", 1)[1] for lines in per_kernel.values() for line in lines}
-    new = found - known
-    assert not new, "new 32-bit products in addresses:\n" + "\n".join(sorted(new))
-    fixed = known - found
-    assert not fixed, f"now 64-bit, remove from {name}: {sorted(fixed)}"
-
-
-# Known and open: the recurrence kernels multiply weight-sized products in 32 bits
-# (W_hh [G*H, P]: `units * P`, `H * P`, `ks * H`). They wrap only for weights of more than
-# 2^31 elements, but nothing stops such a call. Listed by code so that any new one fails,
-# and so that fixing one fails until it is removed here. The fix, in
-# fused_rnn/ops/recurrence/triton_kernels.py: make `units`/`ks` int64 (`k0 + tl.arange(..)`
-# -> `(k0 + tl.arange(..)).to(tl.int64)`) and the gate strides `H * P` -> `H.to(tl.int64) * P`.
-KNOWN_NARROW_RECURRENCE = {
-    "a1 = tl.dot(h, tl.load(wt + H * P, mask=wmask, other=0), a1, input_precision=PRECISION)",
-    "a2 = tl.dot(h, tl.load(wt + 2 * H * P, mask=wmask, other=0), a2,",
-    "a3 = tl.dot(h, tl.load(wt + 3 * H * P, mask=wmask, other=0), a3,",
-    "w = w_ptr + units[:, None] * P + cols[None, :]  # [BLOCK_K, BLOCK_P] of W_hh",
-    "acc = tl.dot(d1.to(wt), tl.load(w + H * P, mask=wmask, other=0), acc,",
-    "acc = tl.dot(dh2.to(wt), tl.load(w + 2 * H * P, mask=wmask, other=0), acc,",
-    "acc = tl.dot(d3.to(wt), tl.load(w + 3 * H * P, mask=wmask, other=0), acc,",
-    "w = tl.load(w_ptr + ks[:, None] * H + units[None, :],",
-}
+    _assert_none(analysis["attention"])
 
 
 def test_recurrence_kernels_compute_offsets_in_64_bit(analysis):
     assert len(analysis["recurrence"]) == 6
-    _assert_only_known(analysis["recurrence"], KNOWN_NARROW_RECURRENCE, "KNOWN_NARROW_RECURRENCE")
+    _assert_none(analysis["recurrence"])
 
 
 # --- C++ ---

@@ -7,6 +7,17 @@ loops over what it does not own. Sizes: q [B, Tq, D], k [B, Tk, D], x (the value
 ``scale`` read from scale_ptr [1] (a Python float argument would be fp32, too coarse for
 fp64 inputs).
 
+Offsets: one batch's [Tq, Tk] weights or [Tk, D] keys can pass 2^31 elements, so no offset
+is a 32-bit product of a row index and a row length (tests/test_large_index.py). ``_rows``
+takes int64 row indices, or the rows inside a tile (``tl.arange``) with ``base`` pointing
+at the tile's first row: a 64-bit scalar offset, and 32-bit offsets inside the tile (below
+its rows times one row). A program's own tile (its query block; its key block in
+``_attn_bwd_dkx``) is a tile start. The tiles it loops over take what compiles without
+spills (tests/test_attention_triton_compile.py): int64 rows, but a tile start for the keys
+of the additive score. (In-tile offsets do not depend on the loop, so the compiler hoists
+them and holds them across it: ~50 more registers and spills in ``_attn_fwd`` with tl.dot;
+int64 rows made the additive ``_attn_fwd`` and ``_attn_bwd_dq`` spill.)
+
 Keys that are masked or past Tk are never read (their loads are masked to 0), so NaN or inf
 there cannot leak. A row with no valid key keeps m = -inf and s = 0: it gets lse = -inf,
 zero context, zero weights and zero gradients. A NaN score at a valid key makes s NaN for
@@ -62,7 +73,9 @@ def _mm_tn(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constex
 
 @triton.jit
 def _rows(base, offs_r, r_ok, offs_c, c_ok, n_cols):
-    """Tile [R, C] of a row-major [*, n_cols] matrix; masked entries read as 0."""
+    """Tile [R, C] of a row-major [*, n_cols] matrix; masked entries read as 0. ``offs_r``:
+    int64 row indices, or the rows inside a tile (tl.arange) whose first row ``base`` points
+    at (see the module docstring: one batch's matrix can pass 2^31 elements)."""
     return tl.load(base + offs_r[:, None] * n_cols + offs_c[None, :],
                    mask=r_ok[:, None] & c_ok[None, :], other=0.0)
 
@@ -133,13 +146,13 @@ def _attn_fwd(q_ptr, k_ptr, x_ptr, w_ptr, valid_ptr, out_ptr, lse_ptr, m_ptr, s_
     """Grid (query blocks x value-column blocks, B, n_split): online softmax over the keys
     of one split. Without SPLIT: out [B, Tq, Dv] = context, lse [B, Tq]. With SPLIT: out
     [B, Tq, n_split, Dv] fp32/fp64 = unnormalised context, m and s [B, Tq, n_split]."""
-    _, offs_m, cb, offs_c = _tile(Dv, BLOCK_M, BLOCK_C)
+    rb, offs_m, cb, offs_c = _tile(Dv, BLOCK_M, BLOCK_C)
     m_ok = offs_m < Tq
     c_ok = offs_c < Dv
     b = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
     scale = tl.load(scale_ptr)
-    q_base = q_ptr + b * Tq * D
+    q_tile = q_ptr + (b * Tq + rb * BLOCK_M) * D
     k_base = k_ptr + b * Tk * D
     x_base = x_ptr + b * Tk * Dv
     n_start = split * keys_per_split
@@ -151,8 +164,13 @@ def _attn_fwd(q_ptr, k_ptr, x_ptr, w_ptr, valid_ptr, out_ptr, lse_ptr, m_ptr, s_
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         ok = _keys_ok(valid_ptr + b * Tk, offs_n, n_end, HAS_MASK)
-        e = _scores(q_base, offs_m, m_ok, k_base, offs_n, ok, w_ptr, D, scale, ADDITIVE,
-                    USE_DOT, PRECISION, ACC, BLOCK_M, BLOCK_N, BLOCK_K)
+        keys = offs_n.to(tl.int64)
+        if ADDITIVE:  # a tile start; int64 rows spill here (module docstring)
+            k_tile, k_rows = k_ptr + (b * Tk + n0) * D, tl.arange(0, BLOCK_N)
+        else:
+            k_tile, k_rows = k_base, keys
+        e = _scores(q_tile, tl.arange(0, BLOCK_M), m_ok, k_tile, k_rows, ok, w_ptr, D, scale,
+                    ADDITIVE, USE_DOT, PRECISION, ACC, BLOCK_M, BLOCK_N, BLOCK_K)
         e = tl.where(ok[None, :], e, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(e, axis=1))
         # While a row has seen no valid key, m = -inf: subtract 0 instead (-inf - -inf = NaN).
@@ -160,7 +178,7 @@ def _attn_fwd(q_ptr, k_ptr, x_ptr, w_ptr, valid_ptr, out_ptr, lse_ptr, m_ptr, s_
         p = tl.exp(e - m_sub[:, None])
         rescale = tl.exp(m_i - m_sub)
         s_i = s_i * rescale + tl.sum(p, axis=1)
-        x = _rows(x_base, offs_n, ok, offs_c, c_ok, Dv)
+        x = _rows(x_base, keys, ok, offs_c, c_ok, Dv)
         acc = acc * rescale[:, None] + _mm_nn(p, x, USE_DOT, PRECISION, ACC)
         m_i = m_new
 
@@ -214,12 +232,15 @@ def _attn_weights(q_ptr, k_ptr, w_ptr, valid_ptr, lse_ptr, out_ptr, Tq, Tk, D, s
     forward's lse; 0 at masked keys and in rows with no valid key."""
     b = tl.program_id(1).to(tl.int64)
     scale = tl.load(scale_ptr)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m0 = tl.program_id(0) * BLOCK_M
+    n0 = tl.program_id(2) * BLOCK_N
+    offs_m = m0 + tl.arange(0, BLOCK_M)
     m_ok = offs_m < Tq
-    offs_n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
     ok = _keys_ok(valid_ptr + b * Tk, offs_n, Tk, HAS_MASK)
     lse = tl.load(lse_ptr + b * Tq + offs_m, mask=m_ok, other=float("-inf"))
-    e = _scores(q_ptr + b * Tq * D, offs_m, m_ok, k_ptr + b * Tk * D, offs_n, ok, w_ptr, D,
+    e = _scores(q_ptr + (b * Tq + m0) * D, tl.arange(0, BLOCK_M), m_ok,
+                k_ptr + (b * Tk + n0) * D, tl.arange(0, BLOCK_N), ok, w_ptr, D,
                 scale, ADDITIVE, USE_DOT, PRECISION, ACC, BLOCK_M, BLOCK_N, BLOCK_K)
     live = ok[None, :] & (lse != float("-inf"))[:, None]
     p = tl.where(live, tl.exp(e - lse[:, None]), 0.0)
@@ -229,11 +250,13 @@ def _attn_weights(q_ptr, k_ptr, w_ptr, valid_ptr, lse_ptr, out_ptr, Tq, Tk, D, s
 
 @triton.jit
 def _probs_and_grads(q_base, k_base, x_base, w_ptr, g_base, dw_base, lse, delta,
-                     offs_m, m_ok, offs_n, ok, Tk, D, Dv, scale,
+                     offs_m, m_ok, offs_n, ok, cols_n, Tk, D, Dv, scale,
                      ADDITIVE: tl.constexpr, HAS_DW: tl.constexpr, USE_DOT: tl.constexpr,
                      PRECISION: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Recomputed weights a [M, N] and score gradients de = a (g . x_j + dw - delta)."""
+    """Recomputed weights a [M, N] and score gradients de = a (g . x_j + dw - delta).
+    Rows as ``_rows`` takes them: offs_m of q, g and dw, offs_n of k and x; cols_n: the
+    keys' columns of dw [*, Tk] (32-bit, below Tk)."""
     e = _scores(q_base, offs_m, m_ok, k_base, offs_n, ok, w_ptr, D, scale, ADDITIVE,
                 USE_DOT, PRECISION, ACC, BLOCK_M, BLOCK_N, BLOCK_K)
     live = ok[None, :] & (lse != float("-inf"))[:, None]
@@ -241,7 +264,7 @@ def _probs_and_grads(q_base, k_base, x_base, w_ptr, g_base, dw_base, lse, delta,
     da = _inner(g_base, offs_m, m_ok, x_base, offs_n, ok, Dv, USE_DOT, PRECISION, ACC,
                 BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_DW:
-        da += _rows(dw_base, offs_m, m_ok, offs_n, ok, Tk).to(ACC)
+        da += _rows(dw_base, offs_m, m_ok, cols_n, ok, Tk).to(ACC)
     # where, not a product with a = 0: delta is NaN in a NaN row, and a masked key's
     # gradient must stay 0 even there (the reference never reads it).
     de = tl.where(live, a * (da - delta[:, None]), 0.0)
@@ -266,10 +289,12 @@ def _attn_bwd_dkx(q_ptr, k_ptr, x_ptr, w_ptr, valid_ptr, lse_ptr, delta_ptr, g_p
     cd_ok = offs_c < D
     cx_ok = offs_c < Dv
     q_base = q_ptr + b * Tq * D
-    k_base = k_ptr + b * Tk * D
     g_base = g_ptr + b * Tq * Dv
+    keys = b * Tk + nb * BLOCK_N
+    k_tile = k_ptr + keys * D
+    in_tile = tl.arange(0, BLOCK_N)
     if ADDITIVE:
-        kc = _rows(k_base, offs_n, ok, offs_c, cd_ok, D).to(ACC)
+        kc = _rows(k_tile, in_tile, ok, offs_c, cd_ok, D).to(ACC)
         wc = tl.load(w_ptr + offs_c, mask=cd_ok, other=0.0).to(ACC)
         dwp = tl.zeros((BLOCK_C,), dtype=ACC)
     dk = tl.zeros((BLOCK_N, BLOCK_C), dtype=ACC)
@@ -279,13 +304,14 @@ def _attn_bwd_dkx(q_ptr, k_ptr, x_ptr, w_ptr, valid_ptr, lse_ptr, delta_ptr, g_p
         m_ok = offs_m < Tq
         lse = tl.load(lse_ptr + b * Tq + offs_m, mask=m_ok, other=float("-inf"))
         delta = tl.load(delta_ptr + b * Tq + offs_m, mask=m_ok, other=0.0)
-        a, de = _probs_and_grads(q_base, k_base, x_ptr + b * Tk * Dv, w_ptr, g_base,
-                                 dw_ptr + b * Tq * Tk, lse, delta, offs_m, m_ok, offs_n, ok,
-                                 Tk, D, Dv, scale, ADDITIVE, HAS_DW, USE_DOT, PRECISION, ACC,
-                                 BLOCK_M, BLOCK_N, BLOCK_K)
-        g = _rows(g_base, offs_m, m_ok, offs_c, cx_ok, Dv)
+        rows = offs_m.to(tl.int64)
+        a, de = _probs_and_grads(q_base, k_tile, x_ptr + keys * Dv, w_ptr, g_base,
+                                 dw_ptr + b * Tq * Tk, lse, delta, rows, m_ok, in_tile, ok,
+                                 offs_n, Tk, D, Dv, scale, ADDITIVE, HAS_DW, USE_DOT,
+                                 PRECISION, ACC, BLOCK_M, BLOCK_N, BLOCK_K)
+        g = _rows(g_base, rows, m_ok, offs_c, cx_ok, Dv)
         dx += _mm_tn(a, g, USE_DOT, PRECISION, ACC)
-        qc = _rows(q_base, offs_m, m_ok, offs_c, cd_ok, D)
+        qc = _rows(q_base, rows, m_ok, offs_c, cd_ok, D)
         if ADDITIVE:
             u = _tanh(qc.to(ACC)[:, None, :] + kc[None, :, :])
             dk += tl.sum(de[:, :, None] * (1.0 - u * u), axis=0) * wc[None, :]
@@ -313,27 +339,33 @@ def _attn_bwd_dq(q_ptr, k_ptr, x_ptr, w_ptr, valid_ptr, lse_ptr, delta_ptr, g_pt
                  BLOCK_C: tl.constexpr):
     """Grid (query blocks x column blocks, B): dq [B, Tq, D] of one query block's columns
     [c, c + BLOCK_C), summed over all keys."""
-    _, offs_m, _, offs_c = _tile(D, BLOCK_M, BLOCK_C)
+    rb, offs_m, _, offs_c = _tile(D, BLOCK_M, BLOCK_C)
     m_ok = offs_m < Tq
     c_ok = offs_c < D
     b = tl.program_id(1).to(tl.int64)
     scale = tl.load(scale_ptr)
-    q_base = q_ptr + b * Tq * D
-    k_base = k_ptr + b * Tk * D
+    rows = b * Tq + rb * BLOCK_M
+    q_tile = q_ptr + rows * D
+    in_tile = tl.arange(0, BLOCK_M)
     lse = tl.load(lse_ptr + b * Tq + offs_m, mask=m_ok, other=float("-inf"))
     delta = tl.load(delta_ptr + b * Tq + offs_m, mask=m_ok, other=0.0)
     if ADDITIVE:
-        qc = _rows(q_base, offs_m, m_ok, offs_c, c_ok, D).to(ACC)
+        qc = _rows(q_tile, in_tile, m_ok, offs_c, c_ok, D).to(ACC)
         wc = tl.load(w_ptr + offs_c, mask=c_ok, other=0.0).to(ACC)
     dq = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
     for n0 in range(0, Tk, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         ok = _keys_ok(valid_ptr + b * Tk, offs_n, Tk, HAS_MASK)
-        a, de = _probs_and_grads(q_base, k_base, x_ptr + b * Tk * Dv, w_ptr, g_ptr + b * Tq * Dv,
-                                 dw_ptr + b * Tq * Tk, lse, delta, offs_m, m_ok, offs_n, ok,
-                                 Tk, D, Dv, scale, ADDITIVE, HAS_DW, USE_DOT, PRECISION, ACC,
-                                 BLOCK_M, BLOCK_N, BLOCK_K)
-        kc = _rows(k_base, offs_n, ok, offs_c, c_ok, D)
+        if ADDITIVE:  # a tile start; int64 rows spill here (module docstring)
+            keys = b * Tk + n0
+            k_tile, x_tile, k_rows = k_ptr + keys * D, x_ptr + keys * Dv, tl.arange(0, BLOCK_N)
+        else:
+            k_tile, x_tile, k_rows = k_ptr + b * Tk * D, x_ptr + b * Tk * Dv, offs_n.to(tl.int64)
+        a, de = _probs_and_grads(q_tile, k_tile, x_tile, w_ptr, g_ptr + rows * Dv,
+                                 dw_ptr + rows * Tk, lse, delta, in_tile, m_ok, k_rows, ok,
+                                 offs_n, Tk, D, Dv, scale, ADDITIVE, HAS_DW, USE_DOT, PRECISION,
+                                 ACC, BLOCK_M, BLOCK_N, BLOCK_K)
+        kc = _rows(k_tile, k_rows, ok, offs_c, c_ok, D)
         if ADDITIVE:
             u = _tanh(qc[:, None, :] + kc.to(ACC)[None, :, :])
             dq += tl.sum(de[:, :, None] * (1.0 - u * u), axis=1) * wc[None, :]

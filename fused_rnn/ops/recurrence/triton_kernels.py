@@ -72,6 +72,7 @@ def _fwd_units(s, pid_b, pid_h, B, H, P, T,
     a1 = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
     a2 = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
     a3 = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    gate = tl.cast(H, tl.int64) * P  # W_hh rows between gates: can pass 2^31 elements
     for k0 in range(0, P, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < P
@@ -81,11 +82,11 @@ def _fwd_units(s, pid_b, pid_h, B, H, P, T,
         wmask = kmask[:, None] & umask[None, :]
         a0 = tl.dot(h, tl.load(wt, mask=wmask, other=0), a0, input_precision=PRECISION)
         if G > 1:
-            a1 = tl.dot(h, tl.load(wt + H * P, mask=wmask, other=0), a1, input_precision=PRECISION)
-            a2 = tl.dot(h, tl.load(wt + 2 * H * P, mask=wmask, other=0), a2,
+            a1 = tl.dot(h, tl.load(wt + gate, mask=wmask, other=0), a1, input_precision=PRECISION)
+            a2 = tl.dot(h, tl.load(wt + 2 * gate, mask=wmask, other=0), a2,
                         input_precision=PRECISION)
         if G > 3:
-            a3 = tl.dot(h, tl.load(wt + 3 * H * P, mask=wmask, other=0), a3,
+            a3 = tl.dot(h, tl.load(wt + 3 * gate, mask=wmask, other=0), a3,
                         input_precision=PRECISION)
 
     gx = gx_ptr + (pos[:, None] * B + rows[:, None]) * (G * H) + units[None, :]
@@ -250,6 +251,10 @@ def _bwd_cols(s, pid_b, pid_p, B, H, P, T,
     cmask = cols < P
     writer = rmask & (0 * rows + pid_p == 0)  # a tensor even where pid_p is an int
     acc = tl.zeros([BLOCK_B, BLOCK_P], dtype=ACC)
+    # W_hh tiles [BLOCK_K, BLOCK_P]: a 64-bit scalar offset to the tile (gates H * P apart,
+    # which can pass 2^31 elements), 32-bit offsets inside it.
+    gate = tl.cast(H, tl.int64) * P
+    inside = tl.arange(0, BLOCK_K)[:, None] * P + tl.arange(0, BLOCK_P)[None, :]
     for k0 in range(0, H, BLOCK_K):
         units = k0 + tl.arange(0, BLOCK_K)
         umask = units < H
@@ -259,22 +264,23 @@ def _bwd_cols(s, pid_b, pid_p, B, H, P, T,
         tile = writer[:, None] & umask[None, :]
         da = da_ptr + rows[:, None] * (4 * H if G > 1 else H) + units[None, :]
         tl.store(da, d0, mask=tile)
-        w = w_ptr + units[:, None] * P + cols[None, :]  # [BLOCK_K, BLOCK_P] of W_hh
+        w = w_ptr + (tl.cast(k0, tl.int64) * P + pid_p * BLOCK_P)  # row k0, column cols[0]
         wmask = umask[:, None] & cmask[None, :]
         wt = w_ptr.dtype.element_ty
-        acc = tl.dot(d0.to(wt), tl.load(w, mask=wmask, other=0), acc, input_precision=PRECISION)
+        acc = tl.dot(d0.to(wt), tl.load(w + inside, mask=wmask, other=0), acc,
+                     input_precision=PRECISION)
         if G > 1:
             tl.store(da + H, d1, mask=tile)
             tl.store(da + 2 * H, d2, mask=tile)
-            acc = tl.dot(d1.to(wt), tl.load(w + H * P, mask=wmask, other=0), acc,
+            acc = tl.dot(d1.to(wt), tl.load(w + gate + inside, mask=wmask, other=0), acc,
                          input_precision=PRECISION)
-            acc = tl.dot(dh2.to(wt), tl.load(w + 2 * H * P, mask=wmask, other=0), acc,
+            acc = tl.dot(dh2.to(wt), tl.load(w + 2 * gate + inside, mask=wmask, other=0), acc,
                          input_precision=PRECISION)
         if G == 3:
             tl.store(da + 3 * H, dh2, mask=tile)
         if G == 4:
             tl.store(da + 3 * H, d3, mask=tile)
-            acc = tl.dot(d3.to(wt), tl.load(w + 3 * H * P, mask=wmask, other=0), acc,
+            acc = tl.dot(d3.to(wt), tl.load(w + 3 * gate + inside, mask=wmask, other=0), acc,
                          input_precision=PRECISION)
             tl.store(dc_out_ptr + rows[:, None] * H + units[None, :], dc_prev, mask=tile)
 
@@ -306,6 +312,7 @@ def _project_bwd(s, pid_b, pid_h, B, H, P, T, dy_ptr, dh_ptr, w_ptr, dyp_ptr, g_
     rmask = rows < B
     umask = units < H
     acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    inside = tl.arange(0, BLOCK_K)[:, None] * H + tl.arange(0, BLOCK_H)[None, :]  # W_hr tile
     for k0 in range(0, P, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < P
@@ -316,7 +323,7 @@ def _project_bwd(s, pid_b, pid_h, B, H, P, T, dy_ptr, dh_ptr, w_ptr, dyp_ptr, g_
                      mask=live, other=0).to(ACC)
         tl.store(g_ptr + rows[:, None] * P + ks[None, :], tl.where(live, g, 0),
                  mask=tile & (0 * rows + pid_h == 0)[:, None])
-        w = tl.load(w_ptr + ks[:, None] * H + units[None, :],
+        w = tl.load(w_ptr + (tl.cast(k0, tl.int64) * H + pid_h * BLOCK_H) + inside,
                     mask=kmask[:, None] & umask[None, :], other=0)
         acc = tl.dot(g.to(w_ptr.dtype.element_ty), w, acc, input_precision=PRECISION)
     tl.store(dyp_ptr + rows[:, None] * H + units[None, :], acc,
