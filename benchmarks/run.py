@@ -407,7 +407,8 @@ def table_legend(meta: dict, args) -> str:
         f"% copy (memory-bound rows: B <= {C.MEMORY_BOUND_MAX_BATCH}, attention): least bytes "
         "moved / median time / the copy ceiling; least bytes = every tensor passed in read "
         "once (x or query/keys/values, weights; fwd+bwd: and the output's gradient), every "
-        "tensor handed back written once (outputs, final state; fwd+bwd: and every gradient).",
+        "tensor handed back written once (outputs, final state; fwd+bwd: and every gradient). "
+        "Above 100%: the row's data stayed in cache between runs, which the copy does not.",
         "saved MiB (fwd+bwd): distinct tensor storages autograd saves for backward, "
         "input and weights excluded.",
         "peak MiB (fwd+bwd): most tensor memory allocated at once during one fwd+bwd, above "
