@@ -4,14 +4,16 @@
 // compiler (no CUDA needed) by tests/test_cuda_kernels_compile.py, which compares the results
 // with fused_rnn.ops.recurrence.reference in float64 and float32.
 //
-// stdin, little endian: int64 header [mode, is_double, steps, B, I, H, P, reverse, has_lengths,
+// stdin, little endian: int64 header [mode, dtype, steps, B, I, H, P, reverse, has_lengths,
 // has_bias], then int64 lengths [B] if has_lengths, then float64 arrays:
 //   x [steps, B, I], h0 [B, P], c0 [B, H] (LSTM), w_ih [G*H, I], w_hh [G*H, P],
 //   b_ih [G*H], b_hh [G*H] (has_bias), w_hr [P, H] (P != H), dy [steps, B, P], dh_n [B, P],
 //   dc_n [B, H] (LSTM).
 // stdout: float64 arrays y [steps, B, P], h_n [B, P], c_n [B, H] (LSTM), dx [steps, B, I],
 //   dh0 [B, P], dc0 [B, H] (LSTM), dw_ih, dw_hh, db_ih, db_hh (has_bias), dw_hr (P != H).
-// The computation runs in the storage type T = accumulation type A = float or double.
+// dtype: 0 float, 1 double (storage T = accumulation A), and, built by nvcc (-x cu, host code
+// only), 2 __half, 3 __nv_bfloat16 (A = float): as the kernels, GEMM outputs are rounded to T;
+// the GEMMs here accumulate in double.
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -32,32 +34,44 @@ std::vector<double> read_doubles(size_t n) {
 }
 
 template <typename T>
+T cast(double v) {
+  T out;
+  put(&out, decltype(to_acc(out))(v));
+  return out;
+}
+
+template <typename T>
 std::vector<T> read_as(size_t n) {
   const std::vector<double> d = read_doubles(n);
-  return std::vector<T>(d.begin(), d.end());
+  std::vector<T> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = cast<T>(d[i]);
+  return out;
 }
 
 template <typename T>
 void write(const std::vector<T>& v) {
-  const std::vector<double> d(v.begin(), v.end());
+  std::vector<double> d(v.size());
+  for (size_t i = 0; i < v.size(); ++i) d[i] = double(to_acc(v[i]));
   std::fwrite(d.data(), sizeof(double), d.size(), stdout);
 }
 
 // c[m, n] (+)= sum_k a[m, k] b'[k, n], where b' = b^T (b [n, k]) if bt else b ([k, n]).
 // a: [m, k] with row stride lda.
-template <typename T>
-void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, bool bt, T* c,
+template <typename T, typename TA, typename TC>
+void gemm(int64_t m, int64_t n, int64_t k, const TA* a, int64_t lda, const T* b, bool bt, TC* c,
           bool accumulate) {
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
-      double acc = accumulate ? double(c[i * n + j]) : 0.0;
-      for (int64_t q = 0; q < k; ++q) acc += double(a[i * lda + q]) * double(bt ? b[j * k + q] : b[q * n + j]);
-      c[i * n + j] = T(acc);
+      double acc = accumulate ? double(to_acc(c[i * n + j])) : 0.0;
+      for (int64_t q = 0; q < k; ++q) {
+        acc += double(to_acc(a[i * lda + q])) * double(to_acc(bt ? b[j * k + q] : b[q * n + j]));
+      }
+      c[i * n + j] = cast<TC>(acc);
     }
   }
 }
 
-template <typename T>
+template <typename T, typename A>
 int run(const int64_t* hd) {
   const int mode = int(hd[0]);
   const int64_t steps = hd[2], B = hd[3], I = hd[4], H = hd[5], P = hd[6];
@@ -67,20 +81,21 @@ int run(const int64_t* hd) {
   std::vector<int64_t> lengths(B, steps);
   if (has_lengths && std::fread(lengths.data(), sizeof(int64_t), B, stdin) != size_t(B)) return 2;
   const auto x = read_as<T>(steps * B * I), h0 = read_as<T>(B * P);
-  const auto c0 = read_as<T>(lstm ? B * H : 0);
+  const auto c0 = read_as<A>(lstm ? B * H : 0);
   const auto w_ih = read_as<T>(GH * I), w_hh = read_as<T>(GH * P);
   const auto b_ih = read_as<T>(has_bias ? GH : 0), b_hh = read_as<T>(has_bias ? GH : 0);
   const auto w_hr = read_as<T>(proj ? P * H : 0);
-  const auto dy = read_as<T>(steps * B * P), dh_n = read_as<T>(B * P);
-  const auto dc_n = read_as<T>(lstm ? B * H : 0);
+  const auto dy = read_as<T>(steps * B * P);
+  const auto dh_n = read_as<A>(B * P);
+  const auto dc_n = read_as<A>(lstm ? B * H : 0);
 
   StepShape s{steps, B, H, P, 0, reverse, has_lengths ? lengths.data() : nullptr};
 
   // ---- forward
-  std::vector<T> gx(steps * B * GH), gh(B * GH), y(steps * B * P, T(-7777));  // poisoned
+  std::vector<T> gx(steps * B * GH), gh(B * GH), y(steps * B * P, cast<T>(-7777));  // poisoned
   std::vector<T> hs((steps + 1) * B * P), acts(lstm || gru ? steps * B * 4 * H : 0);
   std::vector<T> hpre(proj ? steps * B * H : 0);  // o tanh(c') per step, the W_hr GEMM's input
-  std::vector<T> cs(lstm ? (steps + 1) * B * H : 0);
+  std::vector<A> cs(lstm ? (steps + 1) * B * H : 0);
   gemm(steps * B, GH, I, x.data(), I, w_ih.data(), true, gx.data(), false);
   std::copy(h0.begin(), h0.end(), hs.begin());
   std::copy(c0.begin(), c0.end(), cs.begin());
@@ -89,7 +104,7 @@ int run(const int64_t* hd) {
     T* h_prev = hs.data() + t * B * P;
     T* h_next = hs.data() + (t + 1) * B * P;
     gemm(B, GH, P, h_prev, P, w_hh.data(), true, gh.data(), false);
-    FwdStepArgs<T, T> a{};
+    FwdStepArgs<T, A> a{};
     a.s = s;
     a.gx = gx.data();
     a.gh = gh.data();
@@ -122,22 +137,23 @@ int run(const int64_t* hd) {
   }
 
   // ---- backward
-  std::vector<T> dh(dh_n), dc(dc_n), dh_rec(B * P), gy(proj ? B * H : 0);
-  std::vector<T> da(steps * B * GH, T(-7777)), dah(gru ? steps * B * GH : 0, T(-7777));
+  std::vector<A> dh(dh_n), dc(dc_n);
+  std::vector<T> dh_rec(B * P), gy(proj ? B * H : 0);
+  std::vector<T> da(steps * B * GH, cast<T>(-7777)), dah(gru ? steps * B * GH : 0, cast<T>(-7777));
   std::vector<T> gs(proj ? steps * B * P : 0);
   T* da_h_all = gru ? dah.data() : da.data();  // LSTM, RNN: the hidden side is da
   for (int64_t t = steps - 1; t >= 0; --t) {
     s.t = t;
     const bool last = t == steps - 1;
     if (!last) gemm(B, P, GH, da_h_all + (t + 1) * B * GH, GH, w_hh.data(), false, dh_rec.data(), false);
-    BwdStepArgs<T, T> a{};
+    BwdStepArgs<T, A> a{};
     a.s = s;
     a.dy = dy.data();
     a.dh_rec = last || proj ? nullptr : dh_rec.data();
     a.dh = dh.data();
     a.dc = lstm ? dc.data() : nullptr;
     if (proj) {
-      ProjBwdPreArgs<T, T> p{s, dy.data(), last ? nullptr : dh_rec.data(), dh.data(),
+      ProjBwdPreArgs<T, A> p{s, dy.data(), last ? nullptr : dh_rec.data(), dh.data(),
                              gs.data() + t * B * P};
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t j = 0; j < P; ++j) proj_bwd_pre_point(p, b, j);
@@ -184,8 +200,8 @@ int run(const int64_t* hd) {
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t q = 0; q < k; ++q) {
         double acc = 0;
-        for (int64_t r = 0; r < rows; ++r) acc += double(d[r * n + i]) * double(v[r * k + q]);
-        out[i * k + q] = T(acc);
+        for (int64_t r = 0; r < rows; ++r) acc += double(to_acc(d[r * n + i])) * double(to_acc(v[r * k + q]));
+        out[i * k + q] = cast<T>(acc);
       }
     }
     return out;
@@ -194,8 +210,8 @@ int run(const int64_t* hd) {
     std::vector<T> out(n);
     for (int64_t i = 0; i < n; ++i) {
       double acc = 0;
-      for (int64_t r = 0; r < rows; ++r) acc += double(d[r * n + i]);
-      out[i] = T(acc);
+      for (int64_t r = 0; r < rows; ++r) acc += double(to_acc(d[r * n + i]));
+      out[i] = cast<T>(acc);
     }
     return out;
   };
@@ -205,7 +221,7 @@ int run(const int64_t* hd) {
 
   write(y);
   write(std::vector<T>(hs.end() - B * P, hs.end()));
-  if (lstm) write(std::vector<T>(cs.end() - B * H, cs.end()));
+  if (lstm) write(std::vector<A>(cs.end() - B * H, cs.end()));
   write(dx);
   write(dh);
   if (lstm) write(dc);
@@ -224,5 +240,13 @@ int run(const int64_t* hd) {
 int main() {
   int64_t hd[10];
   if (std::fread(hd, sizeof(int64_t), 10, stdin) != 10) return 2;
-  return hd[1] ? run<double>(hd) : run<float>(hd);
+  switch (hd[1]) {
+    case 0: return run<float, float>(hd);
+    case 1: return run<double, double>(hd);
+#if defined(__CUDACC__)
+    case 2: return run<__half, float>(hd);
+    case 3: return run<__nv_bfloat16, float>(hd);
+#endif
+    default: std::fprintf(stderr, "dtype %lld not built\n", (long long)hd[1]); return 3;
+  }
 }
