@@ -51,3 +51,15 @@ def assert_all_close(actual: Sequence, expected: Sequence, names: Sequence[str],
     assert len(actual) == len(expected) == len(names), "mismatched lists"
     for a, e, n in zip(actual, expected, names):
         assert_close(a, e, rtol=rtol, atol=atol, name=n)
+
+
+def child_env() -> dict:
+    """``os.environ`` for a child Python that must import this checkout of fused_rnn
+    (installed or not) and compile or run Triton kernels for real: without
+    ``TRITON_INTERPRET``, with the checkout on ``PYTHONPATH``."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env

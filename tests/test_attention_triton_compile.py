@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from fused_rnn.testing import child_env
 
 TARGETS = ((80, 32), (90, 32))
 # (kind, dtype, B, Tq, Tk, D): a decoder step over a long source (split keys) and a whole
@@ -101,7 +102,7 @@ def compile_all() -> list:
 
 def test_every_kernel_compiles_for_sm80_and_sm90_without_spills():
     pytest.importorskip("triton", reason="triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], env=env, cwd=root,
                        capture_output=True, text=True)

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not 
 
 from benchmarks import cases as C  # noqa: E402
 from benchmarks import run  # noqa: E402
+from fused_rnn.testing import child_env  # noqa: E402
 
 # Seconds, not minutes: tiny shapes, small ceilings, the two CPU backends (triton on CPU is
 # the interpreter, far too slow for a timing run).
@@ -30,7 +31,7 @@ MACHINE_TAGS = ("device", "device_name", "dtype", "torch", "triton", "cuda", "gi
 def tiny_run(tmp_path_factory):
     """(stdout, JSON, PNG path) of one runner process, started as from a shell."""
     out = tmp_path_factory.mktemp("bench") / "tiny.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env()
     done = subprocess.run([sys.executable, "-m", "benchmarks.run", *TINY, "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

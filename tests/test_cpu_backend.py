@@ -10,6 +10,7 @@ import torch
 
 import fused_rnn
 from fused_rnn import _native
+from fused_rnn.testing import child_env
 
 needs_extension = pytest.mark.skipif(
     _native.cpu_available() is not None,
@@ -52,7 +53,7 @@ def test_both_forward_paths_pass_the_parity_tests(input_gemm):
 def _env_cpu_first():
     """The environment of a child where cpu is the best backend there can be: without
     TRITON_INTERPRET (which the test session sets) Triton cannot run on CPU tensors."""
-    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return child_env()
 
 
 def _op_args(B=3, T=4, I=5, H=6):

@@ -11,6 +11,7 @@ import pytest
 
 import fused_rnn
 from fused_rnn import backends
+from fused_rnn.testing import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "seq2seq_attention.py")
@@ -24,8 +25,7 @@ def _load_example():
 
 
 def test_default_run_reaches_95_percent_within_3_minutes(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # not the interpreter
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = child_env()  # the compiled backends, not the interpreter
     r = subprocess.run([sys.executable, EXAMPLE, "--heatmap", str(tmp_path / "attention.png")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

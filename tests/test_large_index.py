@@ -28,6 +28,7 @@ import pytest
 
 triton = pytest.importorskip("triton", reason="triton is not installed: no kernels to lower")
 import triton.language as tl  # noqa: E402
+from fused_rnn.testing import child_env  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,8 +220,7 @@ def analyse_all() -> dict:
 
 @pytest.fixture(scope="module")
 def analysis():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = child_env()
     r = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]

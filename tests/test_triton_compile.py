@@ -14,6 +14,7 @@ import tempfile
 
 import pytest
 import torch
+from fused_rnn.testing import child_env
 
 triton = pytest.importorskip("triton", reason="triton is not installed: no kernels to compile")
 
@@ -126,8 +127,7 @@ def compile_all(arch: int) -> list:
 @pytest.mark.parametrize("arch", ARCHS, ids=[f"sm_{a}" for a in ARCHS])
 def test_kernels_compile_without_spills(arch):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = child_env()
     r = subprocess.run([sys.executable, os.path.abspath(__file__), str(arch)], env=env, cwd=root,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]
