@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plot", type=pathlib.Path, default=None,
                    help="PNG path (default: the JSON path with .png; needs matplotlib)")
     p.add_argument("--no-plot", action="store_true", help="draw no PNG")
+    p.add_argument("--no-compiled", action="store_true",
+                   help="leave out the torch.compile baseline (one compile per row)")
     args = p.parse_args(argv)
     args.cells = _parse_cells(p, args.cells)
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
@@ -290,7 +292,8 @@ def _case_key(row: dict) -> tuple:
 
 
 def measure_all(args, device: torch.device, dtype: torch.dtype) -> list:
-    implementations = C.implementation_names(args.backends)
+    implementations = [i for i in C.implementation_names(args.backends)
+                       if not (args.no_compiled and i == C.COMPILED_CELL_LOOP)]
     rows = []
     for cell in args.cells:
         for shape in args.shapes:
