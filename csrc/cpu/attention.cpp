@@ -45,12 +45,32 @@ int64_t row_grain(int64_t Tk, int64_t D) { return std::max<int64_t>(1, 65536 / s
 // read, not even a NaN one.
 bool use_gemm_path(bool additive, int64_t Tq) { return !additive && Tq >= 2; }
 
-at::Tensor valid_keys(const at::Tensor& lengths, const at::Tensor& mask, int64_t b, int64_t Tk) {
-  const auto opts = at::TensorOptions().dtype(at::kLong);
-  if (lengths.defined()) return at::arange(lengths.data_ptr<int64_t>()[b], opts);
-  if (mask.defined()) return mask[b].nonzero().view({-1});
-  return at::arange(Tk, opts);
-}
+// Batch b's valid keys: a prefix of n keys (no mask: n = Tk, or its length), read in place;
+// with a mask, the indices of the valid ones, gathered.
+struct ValidKeys {
+  int64_t n;
+  at::Tensor idx;  // [n] int64 with a mask, else undefined
+  ValidKeys(const at::Tensor& lengths, const at::Tensor& mask, int64_t b, int64_t Tk) {
+    if (mask.defined()) {
+      idx = mask[b].nonzero().view({-1});
+      n = idx.numel();
+    } else {
+      n = lengths.defined() ? lengths.data_ptr<int64_t>()[b] : Tk;
+    }
+  }
+  at::Tensor rows(const at::Tensor& t) const {  // t [Tk, D] -> [n, D]
+    return idx.defined() ? t.index_select(0, idx) : t.narrow(0, 0, n);
+  }
+  at::Tensor cols(const at::Tensor& t) const {  // t [Tq, Tk] -> [Tq, n]
+    return idx.defined() ? t.index_select(1, idx) : t.narrow(1, 0, n);
+  }
+  void put_rows(const at::Tensor& dst, const at::Tensor& src) const {  // dst [Tk, D]
+    if (idx.defined()) dst.index_copy_(0, idx, src); else dst.narrow(0, 0, n).copy_(src);
+  }
+  void put_cols(const at::Tensor& dst, const at::Tensor& src) const {  // dst [Tq, Tk]
+    if (idx.defined()) dst.index_copy_(1, idx, src); else dst.narrow(1, 0, n).copy_(src);
+  }
+};
 
 // Batch b's softmax weights over its valid keys, [Tq, n], and their log-sum-exp, [Tq].
 std::pair<at::Tensor, at::Tensor> dot_weights(const at::Tensor& qb, const at::Tensor& kv,
@@ -72,15 +92,15 @@ void dot_forward_gemm(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     const c10::NoGradGuard no_grad;  // a worker thread starts with grad mode on
     for (int64_t b = b0; b < b1; ++b) {
-      const at::Tensor idx = valid_keys(lengths, mask, b, Tk);
-      if (idx.numel() == 0) continue;  // no valid key: zero weights and context
-      const at::Tensor kv = k[b].index_select(0, idx), vv = vals[b].index_select(0, idx);
+      const ValidKeys keys(lengths, mask, b, Tk);
+      if (keys.n == 0) continue;  // no valid key: zero weights and context
+      const at::Tensor kv = keys.rows(k[b]), vv = keys.rows(vals[b]);
       at::Tensor alpha, row_lse;
       std::tie(alpha, row_lse) = dot_weights(q[b], kv, scale);
       at::Tensor ctx_b = ctx[b];
       at::mm_out(ctx_b, alpha, vv);
       lse[b].copy_(row_lse);
-      if (weights.defined()) weights[b].index_copy_(1, idx, alpha);
+      if (weights.defined()) keys.put_cols(weights[b], alpha);
     }
   });
 }
@@ -93,17 +113,17 @@ void dot_backward_gemm(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     const c10::NoGradGuard no_grad;  // a worker thread starts with grad mode on
     for (int64_t b = b0; b < b1; ++b) {
-      const at::Tensor idx = valid_keys(lengths, mask, b, Tk);
-      if (idx.numel() == 0) continue;
-      const at::Tensor kv = k[b].index_select(0, idx), vv = vals[b].index_select(0, idx);
+      const ValidKeys keys(lengths, mask, b, Tk);
+      if (keys.n == 0) continue;
+      const at::Tensor kv = keys.rows(k[b]), vv = keys.rows(vals[b]);
       const at::Tensor alpha = dot_weights(q[b], kv, scale).first;  // [Tq, n]
       at::Tensor dalpha = at::mm(dctx[b], vv.t());
-      if (dweights.defined()) dalpha.add_(dweights[b].index_select(1, idx));
+      if (dweights.defined()) dalpha.add_(keys.cols(dweights[b]));
       const at::Tensor de = alpha * (dalpha - (alpha * dalpha).sum(1, /*keepdim=*/true));
       at::Tensor dq_b = dq[b];
       at::mm_out(dq_b, de, kv).mul_(scale);
-      dk[b].index_copy_(0, idx, at::mm(de.t(), q[b]).mul_(scale));
-      dvals[b].index_copy_(0, idx, at::mm(alpha.t(), dctx[b]));
+      keys.put_rows(dk[b], at::mm(de.t(), q[b]).mul_(scale));
+      keys.put_rows(dvals[b], at::mm(alpha.t(), dctx[b]));
     }
   });
 }
