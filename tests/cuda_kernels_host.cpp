@@ -119,12 +119,7 @@ int run(const int64_t* hd) {
     a.proj = proj;
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t j = 0; j < H; ++j) {
-        switch (mode) {
-          case kLSTM: fwd_point<kLSTM>(a, b, j); break;
-          case kGRU: fwd_point<kGRU>(a, b, j); break;
-          case kRNN_TANH: fwd_point<kRNN_TANH>(a, b, j); break;
-          default: fwd_point<kRNN_RELU>(a, b, j);
-        }
+        with_mode(mode, [&](auto m) { fwd_point<decltype(m)::value>(a, b, j); });
       }
     }
     if (proj) {
@@ -171,12 +166,7 @@ int run(const int64_t* hd) {
     a.da_h = gru ? dah.data() + t * B * GH : nullptr;
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t j = 0; j < H; ++j) {
-        switch (mode) {
-          case kLSTM: bwd_point<kLSTM>(a, b, j); break;
-          case kGRU: bwd_point<kGRU>(a, b, j); break;
-          case kRNN_TANH: bwd_point<kRNN_TANH>(a, b, j); break;
-          default: bwd_point<kRNN_RELU>(a, b, j);
-        }
+        with_mode(mode, [&](auto m) { bwd_point<decltype(m)::value>(a, b, j); });
       }
     }
     if (lstm) std::copy(acts.begin() + t * B * GH, acts.begin() + (t + 1) * B * GH, da.begin() + t * B * GH);

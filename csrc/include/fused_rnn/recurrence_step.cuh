@@ -41,6 +41,23 @@ namespace cuda {
 
 enum Mode : int { kLSTM = 0, kGRU = 1, kRNN_TANH = 2, kRNN_RELU = 3 };  // as csrc/cpu
 
+// f(ModeTag<MODE>{}) for the runtime mode, so one call site reaches every instantiation;
+// false for an unknown mode.
+template <int MODE>
+struct ModeTag {
+  static constexpr int value = MODE;
+};
+template <typename F>
+inline bool with_mode(int mode, F&& f) {  // host: launchers and the CPU harness
+  switch (mode) {
+    case kLSTM: f(ModeTag<kLSTM>{}); return true;
+    case kGRU: f(ModeTag<kGRU>{}); return true;
+    case kRNN_TANH: f(ModeTag<kRNN_TANH>{}); return true;
+    case kRNN_RELU: f(ModeTag<kRNN_RELU>{}); return true;
+    default: return false;
+  }
+}
+
 FUSED_RNN_HD int gate_count(int mode) { return mode == kLSTM ? 4 : mode == kGRU ? 3 : 1; }
 
 // ---------------------------------------------------------------- storage <-> accumulation
@@ -318,28 +335,20 @@ template <typename T, typename A = float>
 cudaError_t recurrence_fwd_step(int mode, const FwdStepArgs<T, A>& a, cudaStream_t stream) {
   if (a.s.B == 0 || a.s.H == 0) return cudaSuccess;
   const dim3 grid = point_grid(a.s.B, a.s.H);
-  switch (mode) {
-    case kLSTM: recurrence_fwd_step_kernel<kLSTM><<<grid, kThreads, 0, stream>>>(a); break;
-    case kGRU: recurrence_fwd_step_kernel<kGRU><<<grid, kThreads, 0, stream>>>(a); break;
-    case kRNN_TANH: recurrence_fwd_step_kernel<kRNN_TANH><<<grid, kThreads, 0, stream>>>(a); break;
-    case kRNN_RELU: recurrence_fwd_step_kernel<kRNN_RELU><<<grid, kThreads, 0, stream>>>(a); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  const bool known = with_mode(mode, [&](auto m) {
+    recurrence_fwd_step_kernel<decltype(m)::value><<<grid, kThreads, 0, stream>>>(a);
+  });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 template <typename T, typename A = float>
 cudaError_t recurrence_bwd_step(int mode, const BwdStepArgs<T, A>& a, cudaStream_t stream) {
   if (a.s.B == 0 || a.s.H == 0) return cudaSuccess;
   const dim3 grid = point_grid(a.s.B, a.s.H);
-  switch (mode) {
-    case kLSTM: recurrence_bwd_step_kernel<kLSTM><<<grid, kThreads, 0, stream>>>(a); break;
-    case kGRU: recurrence_bwd_step_kernel<kGRU><<<grid, kThreads, 0, stream>>>(a); break;
-    case kRNN_TANH: recurrence_bwd_step_kernel<kRNN_TANH><<<grid, kThreads, 0, stream>>>(a); break;
-    case kRNN_RELU: recurrence_bwd_step_kernel<kRNN_RELU><<<grid, kThreads, 0, stream>>>(a); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  const bool known = with_mode(mode, [&](auto m) {
+    recurrence_bwd_step_kernel<decltype(m)::value><<<grid, kThreads, 0, stream>>>(a);
+  });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 template <typename T>
