@@ -11,6 +11,7 @@ import torch
 
 import fused_rnn
 from fused_rnn import backends
+from fused_rnn.testing import child_env
 
 CALL = backends.OpCall("recurrence", torch.device("cpu"), torch.float32, {"hidden_size": 8})
 
@@ -122,3 +123,33 @@ def test_bad_env_override_still_imports_then_raises_on_use():
     assert r.returncode == 0, r.stderr
     assert "FUSED_RNN_BACKEND='bogus' names no fused_rnn backend" in r.stderr
     assert "raised: unknown fused_rnn backend 'bogus'" in r.stdout
+
+
+def test_without_triton_import_works_auto_falls_back_with_one_warning_and_forced_says_how():
+    """Simulates a machine without Triton where it would have run (TRITON_INTERPRET=1 makes
+    it the first choice for CPU tensors), in a fresh interpreter."""
+    code = """
+import sys, warnings
+sys.modules["triton"] = None  # import triton now raises ImportError
+import torch, fused_rnn
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    m = fused_rnn.GRU(3, 4)
+    for _ in range(2):
+        out, _ = m(torch.randn(5, 2, 3))
+msgs = [str(w.message) for w in caught if "triton" in str(w.message)]
+try:
+    with fused_rnn.use_backend("triton"):
+        m(torch.randn(5, 2, 3))
+    forced = "no error"
+except fused_rnn.BackendError as e:
+    forced = str(e)
+print(len(msgs), "|", msgs[0] if msgs else "", "|", forced.replace(chr(10), " "))
+"""
+    env = dict(child_env(), TRITON_INTERPRET="1", FUSED_RNN_BACKEND="auto")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    count, warning, forced = (part.strip() for part in r.stdout.strip().split("|"))
+    assert count == "1", r.stdout
+    assert "'triton' is not available" in warning and "pip install triton" in warning
+    assert "'triton' was forced" in forced and "pip install triton" in forced
