@@ -24,17 +24,18 @@ _FP32_RESULT_ON_CPU = {(GRU, False), (LSTM, True), (GRU, True)}
 
 
 def recurrence_dtypes(mode: str, x: torch.Tensor, is_cell: bool) -> Optional[tuple]:
-    """``(compute dtype, result dtype)`` under an active autocast for x's device, else None."""
+    """``(device type, compute dtype, result dtype)`` under an active autocast for x's
+    device, else None."""
     compute = _autocast_dtype(x)
     if compute is None:
         return None
     fp32_result = x.device.type == "cpu" and (mode, is_cell) in _FP32_RESULT_ON_CPU
-    return compute, (torch.float32 if fp32_result else compute)
+    return x.device.type, compute, (torch.float32 if fp32_result else compute)
 
 
 def attention_dtypes(q: torch.Tensor) -> Optional[tuple]:
     compute = _autocast_dtype(q)
-    return None if compute is None else (compute, compute)
+    return None if compute is None else (q.device.type, compute, compute)
 
 
 def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
@@ -53,19 +54,11 @@ def _cast(obj, dtype: torch.dtype):
     return obj
 
 
-def run_cast(dtypes: tuple, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on inputs cast to ``dtypes[0]`` with autocast off, its
-    floating results cast to ``dtypes[1]``."""
-    compute, result = dtypes
-    device = next(t for t in _tensors(args) if t.is_floating_point()).device.type
+def run_cast(plan: tuple, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with autocast off on the device of ``plan`` (what
+    ``*_dtypes`` returned), on inputs cast to its compute dtype, its floating results cast
+    to its result dtype."""
+    device, compute, result = plan
     with torch.autocast(device, enabled=False):
         out = fn(*_cast(args, compute), **{k: _cast(v, compute) for k, v in kwargs.items()})
     return _cast(out, result)
-
-
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)

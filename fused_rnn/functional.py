@@ -64,8 +64,15 @@ def _check_weights(layers, x: torch.Tensor, mode: str) -> None:
     _check_weight_shapes(layers, mode)
 
 
+# What each weight's shape means, for the error message only.
+_WEIGHT_MEANINGS = {"w_ih": "({G} * hidden_size, {inputs})", "w_hh": "({G} * hidden_size, {state})",
+                    "b_ih": "({G} * hidden_size,)", "b_hh": "({G} * hidden_size,)",
+                    "w_hr": "(proj_size, hidden_size)"}
+
+
 def _check_weight_shapes(layers, mode: str) -> None:
-    """Hand-made weights (the functional API) must fit together as torch.nn's do."""
+    """Hand-made weights (the functional API) must fit together as torch.nn's do. Runs on
+    every call (a decoder calls a cell per step): messages are built only on a mismatch."""
     G, w0 = GATES[mode], layers[0][0]
     GH = w0.w_ih.shape[0] if w0.w_ih.dim() == 2 else -1
     if GH < 0 or GH % G:
@@ -76,17 +83,16 @@ def _check_weight_shapes(layers, mode: str) -> None:
     D = len(layers[0])
     for li, dirs in enumerate(layers):
         in_size = w0.w_ih.shape[1] if li == 0 else D * P
-        expected = {"w_ih": ((GH, in_size), f"({G} * hidden_size, "
-                                            + ("input_size)" if li == 0 else "directions * state size)")),
-                    "w_hh": ((GH, P), f"({G} * hidden_size, " + ("proj_size)" if P != H else "hidden_size)")),
-                    "b_ih": ((GH,), f"({G} * hidden_size,)"), "b_hh": ((GH,), f"({G} * hidden_size,)"),
-                    "w_hr": ((P, H), "(proj_size, hidden_size)")}
+        expected = {"w_ih": (GH, in_size), "w_hh": (GH, P), "b_ih": (GH,), "b_hh": (GH,),
+                    "w_hr": (P, H)}
         for d, w in enumerate(dirs):
             for field, t in zip(LayerWeights._fields, w):
-                if t is not None:
-                    shape, meaning = expected[field]
+                if t is not None and tuple(t.shape) != expected[field]:
+                    meaning = _WEIGHT_MEANINGS[field].format(
+                        G=G, inputs="input_size" if li == 0 else "directions * state size",
+                        state="proj_size" if P != H else "hidden_size")
                     check_shape(f"weights[layer {li}{', reverse' if d else ''}].{field}", t,
-                                shape, meaning)
+                                expected[field], meaning)
 
 
 def _initial_state(mode, hx, layers, x):

@@ -73,6 +73,14 @@ FUSED_RNN_HD float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 FUSED_RNN_HD void put(__half* p, float v) { *p = __float2half_rn(v); }
 FUSED_RNN_HD void put(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 #endif
+// The four saved activations of a unit, H apart (LSTM i f g o, GRU r z n hn).
+template <typename T, typename A>
+FUSED_RNN_HD void put_slots(T* p, int64_t H, A s0, A s1, A s2, A s3) {
+  put(p, s0);
+  put(p + H, s1);
+  put(p + 2 * H, s2);
+  put(p + 3 * H, s3);
+}
 
 // p[i], or 0 when the optional operand p (a bias, gx, dy, dh_rec) is absent.
 template <typename A, typename T>
@@ -186,13 +194,7 @@ FUSED_RNN_HD void fwd_point(const FwdStepArgs<T, A>& a, int64_t b, int64_t j) {
     a.c_new[u] = r.c;
     put(a.h_new + u, r.h);
     if (y) put(y, r.h);
-    if (a.acts) {
-      T* acts = a.acts + b * 4 * H + j;
-      put(acts, r.i);
-      put(acts + H, r.f);
-      put(acts + 2 * H, r.g);
-      put(acts + 3 * H, r.o);
-    }
+    if (a.acts) put_slots(a.acts + b * 4 * H + j, H, r.i, r.f, r.g, r.o);
   } else if (MODE == kGRU) {
     const int64_t cn = 2 * H + j;
     const A a_nx = ld0<A>(gx, cn) + ld0<A>(a.b_ih, cn);
@@ -200,13 +202,7 @@ FUSED_RNN_HD void fwd_point(const FwdStepArgs<T, A>& a, int64_t b, int64_t j) {
     const GruFwd<A> r = gru_fwd(pre(0), pre(1), a_nx, hn, A(to_acc(a.h_prev[u])));
     put(a.h_new + u, r.h);
     if (y) put(y, r.h);
-    if (a.acts) {
-      T* acts = a.acts + b * 4 * H + j;
-      put(acts, r.r);
-      put(acts + H, r.z);
-      put(acts + 2 * H, r.n);
-      put(acts + 3 * H, r.hn);
-    }
+    if (a.acts) put_slots(a.acts + b * 4 * H + j, H, r.r, r.z, r.n, r.hn);
   } else {
     const A h = rnn_fwd(pre(0), MODE == kRNN_RELU);
     put(a.h_new + u, h);
