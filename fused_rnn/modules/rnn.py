@@ -12,8 +12,11 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import functional as F
+from ..ops.recurrence.cells import GATES
 from ..ops.recurrence.cells import LSTM as _LSTM_MODE
 from ..ops.recurrence.checks import check_float_tensor, shape_str
+from .recurrent_weights import (check_heads, check_recurrent_dropout, drop_connect,
+                                headwise_to_dense)
 
 
 def _unbatch_hx(hx, name: str):
@@ -40,6 +43,49 @@ def _repack(output: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -
 class _FusedRecurrence:
     """``forward`` shared by LSTM, GRU and RNN: unpack, run the fused layers, pack back."""
 
+    # Off unless LSTM/GRU are given them (recurrent_weights.py says what they do).
+    num_heads = 1
+    recurrent_dropout = 0.0
+
+    def _init_recurrent_weights(self, num_heads, recurrent_dropout) -> None:
+        """Headwise blocks in place of each dense ``weight_hh`` (``num_heads > 1``), drawn as
+        torch.nn draws every weight: uniform in +-1/sqrt(hidden_size)."""
+        self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
+        self.num_heads = check_heads(num_heads, self.hidden_size)
+        if self.num_heads == 1:
+            return
+        if self.proj_size > 0:
+            raise ValueError("num_heads > 1 (headwise recurrence) does not combine with "
+                             f"proj_size > 0, got proj_size={self.proj_size}")
+        K, Hh = self.num_heads, self.hidden_size // self.num_heads
+        bound = self.hidden_size ** -0.5
+        for name in self._flat_weights_names:
+            if name.startswith("weight_hh"):
+                old = getattr(self, name)
+                blocks = torch.empty(K, GATES[self.mode] * Hh, Hh, dtype=old.dtype, device=old.device)
+                setattr(self, name, torch.nn.Parameter(blocks.uniform_(-bound, bound)))
+
+    def _forward_weights(self) -> list:
+        """``_flat_weights`` as the kernels take them: dense ``W_hh``, DropConnect applied."""
+        weights = list(self._flat_weights)
+        if self.num_heads == 1 and not (self.training and self.recurrent_dropout):
+            return weights
+        for i, name in enumerate(self._flat_weights_names):
+            if name.startswith("weight_hh"):
+                w = drop_connect(weights[i], self.recurrent_dropout, self.training)
+                weights[i] = headwise_to_dense(w) if self.num_heads > 1 else w
+        return weights
+
+    def flatten_parameters(self) -> None:
+        # cuDNN's flat weight buffer takes dense W_hh only; the fused kernels never use it.
+        if self.num_heads == 1:
+            super().flatten_parameters()
+
+    def extra_repr(self) -> str:
+        extra = [f"num_heads={self.num_heads}"] * (self.num_heads > 1)
+        extra += [f"recurrent_dropout={self.recurrent_dropout}"] * (self.recurrent_dropout > 0)
+        return ", ".join([super().extra_repr()] + extra)
+
     def forward(self, input, hx=None):
         name = type(self).__name__
         lengths, unbatched, batch_first = None, False, self.batch_first
@@ -57,7 +103,7 @@ class _FusedRecurrence:
             if unbatched and hx is not None:
                 hx = _unbatch_hx(hx, name)
         output, h_n, c_n = F.recurrence(
-            self.mode, x, hx, self._flat_weights, num_layers=self.num_layers, bias=self.bias,
+            self.mode, x, hx, self._forward_weights(), num_layers=self.num_layers, bias=self.bias,
             batch_first=batch_first, dropout=self.dropout, training=self.training,
             bidirectional=self.bidirectional, lengths=lengths)
         if lengths is not None:
@@ -68,20 +114,27 @@ class _FusedRecurrence:
         return output, ((h_n, c_n) if self.mode == _LSTM_MODE else h_n)
 
 
-class LSTM(_FusedRecurrence, torch.nn.RNNBase):
-    __doc__ = "Fused drop-in for :class:`torch.nn.LSTM` (same arguments and parameters)."
+_EXTRAS_DOC = (" Keywords beyond torch.nn's, off by default: ``num_heads`` (headwise, "
+               "block-diagonal ``W_hh``) and ``recurrent_dropout`` (DropConnect on ``W_hh``); "
+               "see ``fused_rnn.modules.recurrent_weights``.")
 
-    def __init__(self, *args, **kwargs):
+
+class LSTM(_FusedRecurrence, torch.nn.RNNBase):
+    __doc__ = "Fused drop-in for :class:`torch.nn.LSTM` (same arguments and parameters)." + _EXTRAS_DOC
+
+    def __init__(self, *args, num_heads: int = 1, recurrent_dropout: float = 0.0, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
+        self._init_recurrent_weights(num_heads, recurrent_dropout)
 
 
 class GRU(_FusedRecurrence, torch.nn.RNNBase):
-    __doc__ = "Fused drop-in for :class:`torch.nn.GRU` (same arguments and parameters)."
+    __doc__ = "Fused drop-in for :class:`torch.nn.GRU` (same arguments and parameters)." + _EXTRAS_DOC
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, num_heads: int = 1, recurrent_dropout: float = 0.0, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
+        self._init_recurrent_weights(num_heads, recurrent_dropout)
 
 
 class RNN(_FusedRecurrence, torch.nn.RNNBase):
