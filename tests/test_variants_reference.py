@@ -23,6 +23,7 @@ def _ln(v, gain, shift=None):
 def paper_step(mode, x, h, c, w: VariantWeights, keep_h, keep_c):
     """One step for rows ``x [N, I]``: Ba et al. 2016 (LN-LSTM, h~ = o tanh(LN(c~))), the
     LN-GRU of layout.py, torch.nn's cells without layer norm; Krueger et al. 2016 zoneout."""
+    H = w.w_hh.shape[1]
     if w.ln_ih is not None:
         gi = _ln(x @ w.w_ih.t(), w.ln_ih) + (0 if w.b_ih is None else w.b_ih)
         gh = _ln(h @ w.w_hh.t(), w.ln_hh) + (0 if w.b_hh is None else w.b_hh)
