@@ -185,3 +185,22 @@ def test_gradcheck_float64(backend, kind):
     x = randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
     assert torch.autograd.gradcheck(f, (x, *params), fast_mode=backend == "triton")
+
+
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU", "LSTM", "GRU"])
+def test_dropconnect_composes_with_zoneout_layer_norm_and_heads(cls):
+    """DropConnect masks come first (parameter order), then the zoneout keeps: a module
+    without DropConnect given the dropped W_hh under the same seed computes the same."""
+    kw = {"zoneout": 0.3, **({"num_heads": 2} if cls in ("LSTM", "GRU") else {})}
+    m = getattr(fused_rnn, cls)(5, 6, bidirectional=True, recurrent_dropout=0.4, **kw).double()
+    twin = getattr(fused_rnn, cls)(5, 6, bidirectional=True, **kw).double()
+    twin.load_state_dict(m.state_dict())
+    x = randn(4, 3, 5, dtype=torch.float64)
+    torch.manual_seed(5)
+    out = m(x)[0]
+    torch.manual_seed(5)
+    dropped = {n: TF.dropout(p, 0.4, training=True) if n.startswith("weight_hh") else p
+               for n, p in twin.named_parameters()}
+    expected = torch.func.functional_call(twin, dropped, (x,))[0]
+    assert_close(out, expected, rtol=1e-12, atol=1e-12, name="output")
+    assert "recurrent_dropout=0.4" in repr(m) and "zoneout=0.3" in repr(m)

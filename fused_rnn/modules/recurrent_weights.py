@@ -81,3 +81,12 @@ def check_recurrent_dropout(p) -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
         raise ValueError(f"recurrent_dropout must be a number in [0, 1], got {p!r}")
     return float(p)
+
+
+def check_zoneout(p, proj_size: int = 0) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"zoneout must be a probability in [0, 1), got {p!r}")
+    if p > 0 and proj_size > 0:
+        raise ValueError(f"zoneout={p} with proj_size={proj_size} is not supported: "
+                         "zoneout needs proj_size=0")
+    return float(p)

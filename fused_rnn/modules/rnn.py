@@ -14,9 +14,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import functional as F
 from ..ops.recurrence.cells import GATES
 from ..ops.recurrence.cells import LSTM as _LSTM_MODE
+from ..ops.recurrence.cells import split_flat_weights
+from ..ops.variants.function import variant_recurrence
+from ..ops.variants.layout import VariantWeights
 from ..ops.recurrence.checks import check_float_tensor, shape_str
-from .recurrent_weights import (check_heads, check_recurrent_dropout, drop_connect,
-                                headwise_to_dense)
+from .recurrent_weights import (check_heads, check_recurrent_dropout, check_zoneout,
+                                drop_connect, headwise_to_dense)
 
 
 def _unbatch_hx(hx, name: str):
@@ -43,14 +46,18 @@ def _repack(output: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -
 class _FusedRecurrence:
     """``forward`` shared by LSTM, GRU and RNN: unpack, run the fused layers, pack back."""
 
-    # Off unless LSTM/GRU are given them (recurrent_weights.py says what they do).
+    # Off unless given (recurrent_weights.py and ops/variants/layout.py say what they do);
+    # plain attributes, so state_dict stays torch.nn's (headwise blocks aside).
     num_heads = 1
     recurrent_dropout = 0.0
+    zoneout = 0.0
 
-    def _init_recurrent_weights(self, num_heads, recurrent_dropout) -> None:
-        """Headwise blocks in place of each dense ``weight_hh`` (``num_heads > 1``), drawn as
-        torch.nn draws every weight: uniform in +-1/sqrt(hidden_size)."""
+    def _init_extras(self, num_heads=1, recurrent_dropout=0.0, zoneout=0.0) -> None:
+        """Check and keep the keywords beyond torch.nn's. Headwise blocks take the place of
+        each dense ``weight_hh`` (``num_heads > 1``), drawn as torch.nn draws every weight:
+        uniform in +-1/sqrt(hidden_size)."""
         self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
+        self.zoneout = check_zoneout(zoneout, self.proj_size)
         self.num_heads = check_heads(num_heads, self.hidden_size)
         if self.num_heads == 1:
             return
@@ -84,10 +91,15 @@ class _FusedRecurrence:
     def extra_repr(self) -> str:
         extra = [f"num_heads={self.num_heads}"] * (self.num_heads > 1)
         extra += [f"recurrent_dropout={self.recurrent_dropout}"] * (self.recurrent_dropout > 0)
+        extra += [f"zoneout={self.zoneout}"] * (self.zoneout > 0)
         return ", ".join([super().extra_repr()] + extra)
 
     def forward(self, input, hx=None):
         name = type(self).__name__
+        # As torch.nn's forward: torch.func.functional_call swaps the parameters, and
+        # _flat_weights must follow them (torch < 2.1 has no such hook).
+        if hasattr(self, "_update_flat_weights"):
+            self._update_flat_weights()
         lengths, unbatched, batch_first = None, False, self.batch_first
         if isinstance(input, PackedSequence):
             x, lengths = pad_packed_sequence(input)
@@ -102,10 +114,7 @@ class _FusedRecurrence:
             batch_first = batch_first and not unbatched
             if unbatched and hx is not None:
                 hx = _unbatch_hx(hx, name)
-        output, h_n, c_n = F.recurrence(
-            self.mode, x, hx, self._forward_weights(), num_layers=self.num_layers, bias=self.bias,
-            batch_first=batch_first, dropout=self.dropout, training=self.training,
-            bidirectional=self.bidirectional, lengths=lengths)
+        output, h_n, c_n = self._run(x, hx, batch_first, lengths)
         if lengths is not None:
             output = _repack(output, lengths, input)
         elif unbatched:
@@ -113,28 +122,50 @@ class _FusedRecurrence:
             c_n = None if c_n is None else c_n.squeeze(1)
         return output, ((h_n, c_n) if self.mode == _LSTM_MODE else h_n)
 
+    def _run(self, x, hx, batch_first, lengths):
+        """The layers on padded input: ``(output, h_n, c_n or None)``. With zoneout, the
+        variant family without layer norm (torch.nn's weights and equations otherwise)."""
+        if self.zoneout > 0:
+            return variant_recurrence(
+                self.mode, x, hx, self._variant_weights(), batch_first=batch_first,
+                dropout=self.dropout, training=self.training, lengths=lengths,
+                zoneout=self.zoneout)
+        return F.recurrence(
+            self.mode, x, hx, self._forward_weights(), num_layers=self.num_layers, bias=self.bias,
+            batch_first=batch_first, dropout=self.dropout, training=self.training,
+            bidirectional=self.bidirectional, lengths=lengths)
+
+    def _variant_weights(self):
+        """``[[VariantWeights per direction] per layer]`` of the weights the kernels take."""
+        D = 2 if self.bidirectional else 1
+        return [[VariantWeights(*w[:4]) for w in dirs] for dirs in
+                split_flat_weights(self._forward_weights(), self.num_layers, D, self.bias)]
+
 
 _EXTRAS_DOC = (" Keywords beyond torch.nn's, off by default: ``num_heads`` (headwise, "
-               "block-diagonal ``W_hh``) and ``recurrent_dropout`` (DropConnect on ``W_hh``); "
-               "see ``fused_rnn.modules.recurrent_weights``.")
+               "block-diagonal ``W_hh``), ``recurrent_dropout`` (DropConnect on ``W_hh``), "
+               "``zoneout`` (Krueger et al. 2016); see ``fused_rnn.modules.recurrent_weights`` "
+               "and ``fused_rnn.ops.variants.layout``.")
 
 
 class LSTM(_FusedRecurrence, torch.nn.RNNBase):
     __doc__ = "Fused drop-in for :class:`torch.nn.LSTM` (same arguments and parameters)." + _EXTRAS_DOC
 
-    def __init__(self, *args, num_heads: int = 1, recurrent_dropout: float = 0.0, **kwargs):
+    def __init__(self, *args, num_heads: int = 1, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
-        self._init_recurrent_weights(num_heads, recurrent_dropout)
+        self._init_extras(num_heads, recurrent_dropout, zoneout)
 
 
 class GRU(_FusedRecurrence, torch.nn.RNNBase):
     __doc__ = "Fused drop-in for :class:`torch.nn.GRU` (same arguments and parameters)." + _EXTRAS_DOC
 
-    def __init__(self, *args, num_heads: int = 1, recurrent_dropout: float = 0.0, **kwargs):
+    def __init__(self, *args, num_heads: int = 1, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
-        self._init_recurrent_weights(num_heads, recurrent_dropout)
+        self._init_extras(num_heads, recurrent_dropout, zoneout)
 
 
 class RNN(_FusedRecurrence, torch.nn.RNNBase):
