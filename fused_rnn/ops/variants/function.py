@@ -18,6 +18,7 @@ from ...functional import _check_weights, _initial_state, stack_layers
 from ..recurrence.cells import GATES, GRU, LSTM, LayerWeights
 from ..recurrence.checks import check_float_tensor, check_like, check_shape, normalize_lengths, shape_str
 from .layout import VariantWeights, draw_keeps
+from .library import compiled_variant_layer
 
 _N_WEIGHTS = len(VariantWeights._fields)
 
@@ -95,9 +96,15 @@ def _check_layer_norm_weights(layers, x: torch.Tensor, mode: str) -> None:
 
 
 def _layer_runner(mode: str, x: torch.Tensor, w: VariantWeights, zoneout: float):
+    """As ``functional._layer_runner``: custom ops under torch.compile (``library.py``),
+    with the batch size out of the backend choice, else the autograd Function."""
     sizes = {"mode": mode, "input_size": w.w_ih.shape[1],
              "hidden_size": w.w_ih.shape[0] // GATES[mode], "layer_norm": w.layer_norm,
-             "zoneout": zoneout, "batch": x.shape[1]}
+             "zoneout": zoneout}
+    if torch.compiler.is_compiling():
+        name = backends.select_name("variants", x.device.type, x.dtype, tuple(sizes.items()))
+        return functools.partial(compiled_variant_layer, name, mode)
+    sizes["batch"] = x.shape[1]
     ops = backends.select(backends.OpCall("variants", x.device, x.dtype, sizes)).ops("variants")
     return functools.partial(variant_layer, ops, mode)
 
