@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 AUTO = "auto"
-OPS = ("recurrence", "attention")
+OPS = ("recurrence", "attention", "variants")
 
 
 class BackendError(RuntimeError):
@@ -228,6 +228,7 @@ register_backend(
         modules={
             "recurrence": "fused_rnn.ops.recurrence.reference",
             "attention": "fused_rnn.ops.attention.reference",
+            "variants": "fused_rnn.ops.variants.reference",
         },
         device_types=frozenset({"cpu", "cuda"}),
         dtypes=_FLOATS,
