@@ -1,27 +1,29 @@
 """The variant recurrences' triton backend (``ops/variants/triton.py``) against the
-equations of ``ops/variants/layout.py``: outputs, final states and every gradient, over
-LSTM/GRU x layer norm x zoneout x lengths x reverse, in fp64 (exact) and fp32.
+reference's ``_fwd``/``_bwd``: outputs, final states and every gradient, over
+LSTM/GRU x layer norm x zoneout x reverse x lengths x bias in fp64 (the reference's own
+grid, tests/test_variants_reference.py), then fp32 and fp16 against fp64, several tiles
+with ragged edges, inference, and the whole stack through the functional entry.
 
 On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET), so the
-shapes are small; one test takes several row and unit tiles with ragged edges. Buffers
-from torch.empty are NaN here (deterministic mode fills them), so a value the kernels
-forget to write fails the comparison.
+shapes are small. Buffers from torch.empty are NaN here (deterministic mode fills them),
+so a value the kernels forget to write fails the comparison.
 """
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+import fused_rnn
 from fused_rnn import backends
-from fused_rnn.ops.recurrence import reference as rec_reference
 from fused_rnn.ops.recurrence.cells import GATES, GRU, LSTM
-from fused_rnn.ops.variants.layout import LN_EPS, VariantWeights, draw_keeps
+from fused_rnn.ops.variants import reference
+from fused_rnn.ops.variants.function import variant_recurrence
+from fused_rnn.ops.variants.layout import VariantWeights
 from fused_rnn.testing import assert_close, randn, random_lengths, tolerance
+
+from test_variants_reference import CASES, _leaves, _names, make_args
 
 pytestmark = pytest.mark.skipif("triton" not in backends.available_backends(),
                                 reason=f"triton backend: {backends.backend_report()['triton']}")
-
-FP64 = (1e-10, 1e-12)  # the same sums in the same precision: only rounding order differs
 
 
 @pytest.fixture(autouse=True)
@@ -35,139 +37,129 @@ def _ops():
     return backends.get_backend("triton").ops("variants")
 
 
-def _plain(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h, keep_c):
-    """layout.py's equations step by step in differentiable PyTorch (the oracle)."""
-    T = x.shape[0]
-    if reverse:
-        index = rec_reference._reverse_index(x, lengths)
-        x, keep_h, keep_c = (None if t is None else rec_reference._gather_time(t, index)
-                             for t in (x, keep_h, keep_c))
-    active = rec_reference._active(x, lengths)
-    bias = lambda b: 0 if b is None else b  # noqa: E731
-    ln = lambda v: F.layer_norm(v, v.shape[-1:], eps=LN_EPS)  # noqa: E731
-    h, c, ys = h0, c0, []
-    for t in range(T):
-        gx, gh = x[t] @ w.w_ih.t(), h @ w.w_hh.t()
-        if w.layer_norm:
-            ai, ah = w.ln_ih * ln(gx) + bias(w.b_ih), w.ln_hh * ln(gh) + bias(w.b_hh)
-        else:
-            ai, ah = gx + bias(w.b_ih), gh + bias(w.b_hh)
-        c_new = None
-        if mode == LSTM:
-            i, f, g, o = (ai + ah).chunk(4, 1)
-            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-            c_tilde = f * c + i * g
-            if w.layer_norm:
-                h_tilde = o * torch.tanh(w.ln_c_weight * ln(c_tilde) + w.ln_c_bias)
-            else:
-                h_tilde = o * c_tilde.tanh()
-            c_new = c_tilde if keep_c is None else keep_c[t] * c + (1 - keep_c[t]) * c_tilde
-        else:
-            (ir, iz, in_), (hr, hz, hn) = ai.chunk(3, 1), ah.chunk(3, 1)
-            r, z = (ir + hr).sigmoid(), (iz + hz).sigmoid()
-            n = (in_ + r * hn).tanh()
-            h_tilde = (1 - z) * n + z * h
-        h_new = h_tilde if keep_h is None else keep_h[t] * h + (1 - keep_h[t]) * h_tilde
-        if active is not None:
-            h_new = torch.where(active[t], h_new, h)
-            c_new = None if c is None else torch.where(active[t], c_new, c)
-            ys.append(torch.where(active[t], h_new, torch.zeros_like(h_new)))
-        else:
-            ys.append(h_new)
-        h, c = h_new, c_new
-    y = torch.stack(ys)
-    return (rec_reference._gather_time(y, index) if reverse else y), h, c
+def _detached(x, h0, c0, w):
+    d = lambda t: None if t is None else t.detach()  # noqa: E731
+    return d(x), d(h0), d(c0), VariantWeights(*map(d, w))
 
 
-def make_args(mode, layer_norm, zoneout, lengths, dtype, T=5, B=3, I=4, H=6):
-    """Leaves requiring grad; zoneout: None, "train" (Bernoulli masks) or "eval" (p)."""
-    G = GATES[mode]
-    mk = lambda *s, scale=0.5: randn(*s, dtype=dtype, requires_grad=True, scale=scale)  # noqa
-    gain = lambda n: (1 + randn(n, dtype=dtype, scale=0.2)).requires_grad_()  # noqa: E731
-    x = mk(T, B, I, scale=1.0)
-    h0 = mk(B, H, scale=1.0)
-    c0 = mk(B, H, scale=1.0) if mode == LSTM else None
-    lstm_ln = layer_norm and mode == LSTM
-    w = VariantWeights(mk(G * H, I), mk(G * H, H), mk(G * H), mk(G * H),
-                       gain(G * H) if layer_norm else None, gain(G * H) if layer_norm else None,
-                       gain(H) if lstm_ln else None, mk(H, scale=0.2) if lstm_ln else None)
-    keep_h, keep_c = draw_keeps(0.0 if zoneout is None else 0.3, zoneout == "train", (T, B, H),
-                                mode == LSTM, x.detach())
-    lens = random_lengths(B, T) if lengths else None
-    return x, h0, c0, w, lens, keep_h, keep_c
+def _wide(*tensors):
+    return tuple(None if t is None else t.double() for t in tensors)
 
 
-def check_against_plain(mode, reverse, layer_norm, zoneout, lengths, dtype, tol, **sizes):
-    x, h0, c0, w, lens, keep_h, keep_c = make_args(mode, layer_norm, zoneout, lengths, dtype,
-                                                   **sizes)
-    ops = _ops()
-    y, h_n, c_n, saved = ops._fwd(mode, reverse, x.detach(), h0.detach(),
-                                  None if c0 is None else c0.detach(), w, lens, keep_h, keep_c)
-    wide = lambda t: None if t is None else t.double()  # noqa: E731 (an fp64 oracle)
-    want = _plain(mode, reverse, wide(x), wide(h0), wide(c0),
-                  VariantWeights(*(wide(p) for p in w)), lens, wide(keep_h), wide(keep_c))
-    rtol, atol = tol
-    for name, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), want):
-        assert_close(a, None if e is None else e.detach(), rtol=rtol, atol=atol, name=name)
+def check_against_reference(mode, reverse, args, dtype, dh_n=True):
+    """Triton on ``args`` cast to ``dtype`` against the reference in fp64 on the very
+    values the triton call sees, forward and explicit backward, same upstream gradients."""
+    x, h0, c0, w, lengths, keep_h, keep_c = args
+    cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+    mine = (cast(x), cast(h0), cast(c0), VariantWeights(*map(cast, w)), lengths, cast(keep_h),
+            cast(keep_c))
+    theirs = (*_wide(*mine[:3]), VariantWeights(*_wide(*mine[3])), lengths,
+              *_wide(*mine[5:]))
+    rtol, atol = tolerance("triton", dtype)
+    y, h_n, c_n, saved = _ops()._fwd(mode, reverse, *mine)
+    like = _ops().saved_like(mode, reverse, *mine)
+    assert [(t.shape, t.dtype) for t in saved] == [(t.shape, t.dtype) for t in like]
+    want_y, want_h, want_c, want_saved = reference._fwd(mode, reverse, *theirs)
+    for name, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), (want_y, want_h, want_c)):
+        assert_close(a, e, rtol=rtol, atol=atol, name=name)
+        assert a is None or a.dtype == dtype, f"{name}: dtype {a.dtype}"
 
-    ups = [torch.randn_like(t) for t in (y, h_n)] + ([torch.randn_like(c_n)] if mode == LSTM
-                                                      else [None])
-    dx, dh0, dc0, dw = ops._bwd(mode, reverse, x.detach(), h0.detach(),
-                                None if c0 is None else c0.detach(), w, lens, keep_h, keep_c,
-                                saved, *ups)
-    leaves = [("x", x, dx), ("h0", h0, dh0), ("c0", c0, dc0)] + [
-        (f"w.{n}", p, g) for n, p, g in zip(w._fields, w, dw)]
-    leaves = [(n, p, g) for n, p, g in leaves if p is not None or g is not None]
-    outs = [(o, u) for o, u in zip(want, ups) if o is not None]
-    expect = torch.autograd.grad([o for o, _ in outs], [p for _, p, _ in leaves],
-                                 [u for _, u in outs])
-    for (name, _, got), e in zip(leaves, expect):
-        assert_close(got, e, rtol=rtol, atol=atol, name=f"grad {name}")
-
-
-ZONEOUT = [None, "train"]
-LENGTHS_REVERSE = [(False, False), (True, False), (False, True), (True, True)]
-
-
-@pytest.mark.parametrize("lengths,reverse", LENGTHS_REVERSE,
-                         ids=[f"len{int(a)}-rev{int(b)}" for a, b in LENGTHS_REVERSE])
-@pytest.mark.parametrize("zoneout", ZONEOUT, ids=["nozo", "zo"])
-@pytest.mark.parametrize("layer_norm", [False, True], ids=["noln", "ln"])
-@pytest.mark.parametrize("mode", [LSTM, GRU])
-def test_fp64_matches_the_equations(mode, layer_norm, zoneout, lengths, reverse):
-    check_against_plain(mode, reverse, layer_norm, zoneout, lengths, torch.float64, FP64)
+    ups = [randn(*y.shape, dtype=torch.float64), randn(*h_n.shape, dtype=torch.float64)
+           if dh_n else None, randn(*h_n.shape, dtype=torch.float64)
+           if dh_n and mode == LSTM else None]
+    got = _ops()._bwd(mode, reverse, *mine, saved, *(cast(u) for u in ups))
+    want = reference._bwd(mode, reverse, *theirs, want_saved, *ups)
+    actual = [t for t in (*got[:3], *got[3]) if t is not None]
+    expected = [t for t in (*want[:3], *want[3]) if t is not None]
+    assert len(actual) == len(expected)
+    for name, a, e in zip(_names(c0, w), actual, expected):
+        assert_close(a, e, rtol=rtol, atol=atol, name=name)
+        assert a.dtype == dtype, f"{name}: dtype {a.dtype}"
 
 
-@pytest.mark.parametrize("layer_norm", [False, True], ids=["noln", "ln"])
-@pytest.mark.parametrize("mode", [LSTM, GRU])
-def test_fp32_matches_the_equations(mode, layer_norm):
-    check_against_plain(mode, True, layer_norm, "train", True, torch.float32,
-                        tolerance("triton", torch.float32))
+@pytest.mark.parametrize("mode,ln,zo,rev,lens,bias", CASES)
+def test_fp64_matches_the_reference(mode, ln, zo, rev, lens, bias):
+    check_against_reference(mode, rev, make_args(mode, ln, bias, zo, lens), torch.float64)
 
 
-@pytest.mark.parametrize("mode", [LSTM, GRU])
-def test_evaluation_keeps(mode):
-    """Zoneout in evaluation: keep = p everywhere, not a 0/1 mask."""
-    check_against_plain(mode, False, True, "eval", True, torch.float64, FP64)
+@pytest.mark.parametrize("ln", (True, False), ids=("ln", "noln"))
+@pytest.mark.parametrize("mode", (LSTM, GRU))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=("fp32", "fp16"))
+def test_single_and_half_precision(dtype, mode, ln):
+    """fp32 and fp16 (fp32 arithmetic, the state kept in fp32) within the backend's
+    tolerance of fp64. bf16 runs on CUDA only (the backend refuses it on CPU)."""
+    check_against_reference(mode, True, make_args(mode, ln, True, True, True), dtype)
 
 
-@pytest.mark.parametrize("mode", [LSTM, GRU])
+@pytest.mark.parametrize("mode", (LSTM, GRU))
+def test_backward_of_the_output_only(mode):
+    """dh_n and dc_n None: the loop starts from zero gradients."""
+    check_against_reference(mode, True, make_args(mode, True, True, True, True),
+                            torch.float64, dh_n=False)
+
+
+@pytest.mark.parametrize("mode", (LSTM, GRU))
 def test_several_row_and_unit_tiles_with_ragged_edges(mode):
-    """B and G*H above one tile (16 rows, 16 units in fp32) and not multiples of it: the
+    """B and H above one tile (16 rows, 16 units in fp32) and not multiples of it: the
     layer norms' row statistics gather over several unit tiles, masks on every edge."""
-    check_against_plain(mode, True, True, "train", True, torch.float32,
-                        tolerance("triton", torch.float32), T=3, B=19, I=5, H=21)
+    T, B, I, H = 3, 19, 5, 21
+    G = GATES[mode]
+    mk = lambda *s, scale=0.5: randn(*s, scale=scale)  # noqa: E731
+    gain = lambda n: 1 + mk(n, scale=0.3)  # noqa: E731
+    w = VariantWeights(mk(G * H, I), mk(G * H, H), mk(G * H), mk(G * H), gain(G * H),
+                       gain(G * H), gain(H) if mode == LSTM else None,
+                       mk(H) if mode == LSTM else None)
+    keep = lambda: torch.rand(T, B, H)  # noqa: E731
+    args = (mk(T, B, I, scale=1.0), mk(B, H, scale=1.0),
+            mk(B, H, scale=1.0) if mode == LSTM else None, w, random_lengths(B, T), keep(),
+            keep() if mode == LSTM else None)
+    check_against_reference(mode, True, args, torch.float32)
 
 
-@pytest.mark.parametrize("mode", [LSTM, GRU])
+@pytest.mark.parametrize("mode", (LSTM, GRU))
 def test_inference_forward_matches_the_saving_one(mode):
-    x, h0, c0, w, lens, keep_h, keep_c = make_args(mode, True, "train", True, torch.float64)
-    args = (mode, True, x.detach(), h0.detach(), None if c0 is None else c0.detach(), w, lens,
-            keep_h, keep_c)
+    x, h0, c0, w, lengths, kh, kc = make_args(mode, True, True, True, True)
+    args = (mode, True, *_detached(x, h0, c0, w), lengths, kh, kc)
     y, h_n, c_n, saved = _ops()._fwd(*args, need_saved=False)
     assert saved == ()
     for name, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), _ops()._fwd(*args)[:3]):
         assert_close(a, e, rtol=0, atol=0, name=name)
+
+
+@pytest.mark.parametrize("mode", (LSTM, GRU))
+def test_stacked_bidirectional_training_matches_the_reference_backend(mode):
+    """Two layers, both directions, zoneout masks drawn under one seed, through the
+    functional entry and the autograd Function."""
+    T, B, I, H = 4, 3, 5, 6
+    G = GATES[mode]
+    mk = lambda *s: randn(*s, dtype=torch.float64, requires_grad=True, scale=0.4)  # noqa
+    gain = lambda n: (1 + randn(n, dtype=torch.float64, scale=0.2)).requires_grad_()  # noqa
+    layers = [[VariantWeights(mk(G * H, I if li == 0 else 2 * H), mk(G * H, H), mk(G * H),
+                              mk(G * H), gain(G * H), gain(G * H),
+                              gain(H) if mode == LSTM else None, mk(H) if mode == LSTM else None)
+               for _ in range(2)] for li in range(2)]
+    x = mk(T, B, I)
+    lengths = torch.tensor([4, 2, 3])
+    results = {}
+    for name in ("triton", "reference"):
+        torch.manual_seed(5)
+        with fused_rnn.use_backend(name):
+            out = variant_recurrence(mode, x, None, layers, training=True, lengths=lengths,
+                                     zoneout=0.25)
+        outs = [o for o in out if o is not None]
+        leaves = [x] + [t for dirs in layers for w in dirs for t in w if t is not None]
+        ups = [torch.ones_like(o) * (i + 1) for i, o in enumerate(outs)]
+        results[name] = outs + list(torch.autograd.grad(outs, leaves, ups))
+    rtol, atol = tolerance("triton", torch.float64)
+    for i, (a, e) in enumerate(zip(results["triton"], results["reference"])):
+        assert_close(a, e, rtol=rtol, atol=atol, name=f"output or gradient {i}")
+
+
+def test_an_empty_batch_goes_to_the_reference():
+    x, h0, c0, w, _, kh, kc = make_args(LSTM, True, True, True, False)
+    x, h0, c0, w = _detached(x[:, :0], h0[:0], c0[:0], w)
+    y, h_n, c_n, _ = _ops()._fwd(LSTM, False, x, h0, c0, w, None, kh[:, :0], kc[:, :0])
+    assert y.shape == (x.shape[0], 0, h0.shape[1]) and h_n.shape == c_n.shape == h0.shape
 
 
 def test_the_triton_backend_runs_variants_and_refuses_bf16_on_cpu():

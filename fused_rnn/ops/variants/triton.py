@@ -179,3 +179,22 @@ def _bwd(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h, keep_c, s
     )
     dx = torch.matmul(dgx, w.w_ih)
     return dx, dh[1].to(x.dtype), (dc[1].to(x.dtype) if mode == LSTM else None), grads
+
+
+def saved_like(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h=None, keep_c=None):
+    """Empty tensors shaped (and typed) as the ``saved`` that ``_fwd`` returns."""
+    T, B = x.shape[0], x.shape[1]
+    if B == 0 or T == 0:  # _fwd hands these to the reference
+        return _reference().saved_like(mode, reverse, x, h0, c0, w, lengths, keep_h, keep_c)
+    H = w.w_hh.shape[1]
+    N = GATES[mode] * H
+    state = _state_dtype(x.dtype)
+    e = lambda *s, dtype=state: x.new_empty(*s, dtype=dtype)  # noqa: E731
+    saved = (e(T + 1, B, H, dtype=x.dtype), e(T + 1 if mode == LSTM else 1, B, H),
+             e(T, B, N), e(T, B, _ACTS[mode] * H), e(T if w.layer_norm else 1, B, 2))
+    if w.layer_norm:
+        # torch's layer norm keeps its statistics in fp32 for half inputs on CUDA, in the
+        # input's dtype on CPU: ask it (a [1, 1] call, free under fake tensors).
+        stats = torch.native_layer_norm(x.new_empty(1, 1), [1], None, None, LN_EPS)[2].dtype
+        saved += (e(T, B, N, dtype=x.dtype), e(T, B, 1, dtype=stats), e(T, B, 1, dtype=stats))
+    return saved
