@@ -285,6 +285,15 @@ def _upstream(s, rows, units, pos, tile, live, B, H, dy_ptr, dh_ptr, kh_ptr,
     return g, kh, tl.where(live, (1 - kh) * g, 0)
 
 
+@triton.jit
+def _cell_norm_grad(dht, o, xc, lncw_ptr, lncb_ptr, units, umask, ACC: tl.constexpr):
+    """LSTM with LN: du = dL/du for u = ln_c_weight LN(c~) + ln_c_bias (h~ = o tanh(u)),
+    ln_c_weight and tanh(u) of the tile, given dL/dh~ and xc = LN(c~)."""
+    wc = tl.load(lncw_ptr + units, mask=umask, other=0).to(ACC)[None, :]
+    tu = _tanh(wc * xc + tl.load(lncb_ptr + units, mask=umask, other=0).to(ACC)[None, :])
+    return dht * o * (1 - tu * tu), wc, tu
+
+
 @triton.jit(do_not_specialize=["T"])
 def variant_bwd_kernel(
         B, H, T, dy_ptr, dh_ptr, dc_ptr, hs_ptr, cs_ptr, gh_ptr, act_ptr, stat_ptr,
@@ -320,14 +329,12 @@ def variant_bwd_kernel(
                 umask = units < H
                 tile = rmask[:, None] & umask[None, :]
                 live = active[:, None] & umask[None, :]
-                g, kh, dht = _upstream(s, rows, units, pos, tile, live, B, H, dy_ptr, dh_in,
-                                       kh_ptr, KEEP_H, ACC, BLOCK_B, BLOCK_H)
+                _, _, dht = _upstream(s, rows, units, pos, tile, live, B, H, dy_ptr, dh_in,
+                                      kh_ptr, KEEP_H, ACC, BLOCK_B, BLOCK_H)
                 a_act = act + rows[:, None] * (A * H) + units[None, :]
-                o = tl.load(a_act + 3 * H, mask=tile, other=0).to(ACC)
                 xc = tl.load(a_act + 4 * H, mask=tile, other=0).to(ACC)
-                wc = tl.load(lncw_ptr + units, mask=umask, other=0).to(ACC)[None, :]
-                tu = _tanh(wc * xc + tl.load(lncb_ptr + units, mask=umask, other=0).to(ACC)[None, :])
-                du = dht * o * (1 - tu * tu)
+                du, wc, _ = _cell_norm_grad(dht, tl.load(a_act + 3 * H, mask=tile, other=0).to(ACC),
+                                            xc, lncw_ptr, lncb_ptr, units, umask, ACC)
                 tl.store(du_ptr + s * B * H + rows[:, None] * H + units[None, :], du, mask=tile)
                 m1c += tl.sum(du * wc, axis=1)
                 m2c += tl.sum(du * wc * xc, axis=1)
@@ -358,12 +365,10 @@ def variant_bwd_kernel(
                            tile, KEEP_C, ACC, BLOCK_B, BLOCK_H)
                 dct = (1 - kc) * dcp
                 x4 = tl.load(a_act + 4 * H, mask=tile, other=0).to(ACC)
-                if LN:
-                    wc = tl.load(lncw_ptr + units, mask=umask, other=0).to(ACC)[None, :]
-                    bc = tl.load(lncb_ptr + units, mask=umask, other=0).to(ACC)[None, :]
-                    tu = _tanh(wc * x4 + bc)
-                    dx = dht * o * (1 - tu * tu) * wc
-                    dct += rstd_c[:, None] * (dx - m1c[:, None] - x4 * m2c[:, None])
+                if LN:  # x4 = LN(c~); the sums are phase A's
+                    du, wc, tu = _cell_norm_grad(dht, o, x4, lncw_ptr, lncb_ptr, units, umask,
+                                                 ACC)
+                    dct += rstd_c[:, None] * (du * wc - m1c[:, None] - x4 * m2c[:, None])
                 else:
                     tu = _tanh(x4)
                     dct += dht * o * (1 - tu * tu)
