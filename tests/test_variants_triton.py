@@ -99,6 +99,40 @@ def test_backward_of_the_output_only(mode):
 
 
 @pytest.mark.parametrize("mode", (LSTM, GRU))
+def test_directional_derivative_matches_finite_differences(mode):
+    """The kernels' backward against central differences of their own forward along one
+    random direction of every input at once (fp64; torch's gradcheck, even in fast mode,
+    reruns the full Jacobian on failure: too many interpreted calls)."""
+    x, h0, c0, w, lengths, kh, kc = make_args(mode, True, True, True, True)
+    args = list(_detached(x, h0, c0, w))
+    leaves = [t for t in (args[0], args[1], args[2], *args[3]) if t is not None]
+    ups = None
+
+    def loss(ts):
+        it = iter(ts)
+        xx, hh = next(it), next(it)
+        cc = next(it) if c0 is not None else None
+        ww = VariantWeights(*(None if t is None else next(it) for t in args[3]))
+        out = [o for o in _ops()._fwd(mode, True, xx, hh, cc, ww, lengths, kh, kc)[:3]
+               if o is not None]
+        return out, sum((o * u).sum() for o, u in zip(out, ups)) if ups else None
+
+    out, _ = loss(leaves)
+    ups = [torch.randn_like(o) for o in out]
+    direction = [torch.randn_like(t) for t in leaves]
+    eps = 1e-6
+    plus = loss([t + eps * d for t, d in zip(leaves, direction)])[1]
+    minus = loss([t - eps * d for t, d in zip(leaves, direction)])[1]
+    numeric = (plus - minus) / (2 * eps)
+    saved = _ops()._fwd(mode, True, *args, lengths, kh, kc)[3]
+    dx, dh0, dc0, dw = _ops()._bwd(mode, True, *args, lengths, kh, kc, saved, *ups,
+                                   *([None] if c0 is None else []))
+    grads = [t for t in (dx, dh0, dc0, *dw) if t is not None]
+    analytic = sum((g * d).sum() for g, d in zip(grads, direction))
+    assert_close(analytic, numeric, rtol=1e-6, atol=1e-8, name="<grad, direction>")
+
+
+@pytest.mark.parametrize("mode", (LSTM, GRU))
 def test_several_row_and_unit_tiles_with_ragged_edges(mode):
     """B and H above one tile (16 rows, 16 units in fp32) and not multiples of it: the
     layer norms' row statistics gather over several unit tiles, masks on every edge."""
