@@ -127,7 +127,10 @@ def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_firs
     check_float_tensor("input", input)
     amp = autocast.recurrence_dtypes(mode, input, is_cell=False)
     if amp is not None:
-        return autocast.run_cast(amp, variant_recurrence, mode, input, hx, layers,
+        # As plain tuples: the cast rebuilds sequences by their type, which a NamedTuple's
+        # constructor does not take.
+        return autocast.run_cast(amp, variant_recurrence, mode, input, hx,
+                                 [[tuple(w) for w in dirs] for dirs in layers],
                                  batch_first=batch_first, dropout=dropout, training=training,
                                  lengths=lengths, zoneout=zoneout)
     if input.dim() != 3:
@@ -137,6 +140,7 @@ def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_firs
         raise ValueError("input must have at least one time step (as torch.nn requires), "
                          f"got shape {shape_str(input.shape)}")
     x = input.transpose(0, 1) if batch_first else input
+    layers = [[VariantWeights(*w) for w in dirs] for dirs in layers]
     plain = [[LayerWeights(*w[:4]) for w in dirs] for dirs in layers]
     _check_weights(plain, x, mode)
     _check_layer_norm_weights(layers, x, mode)
