@@ -125,6 +125,17 @@ def _initial_state(mode, hx, layers, x):
     return h0, c0
 
 
+def time_major_input(input: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """The checked 3-D input of a multi-layer recurrence as [T, B, I]."""
+    if input.dim() != 3:
+        layout = "[B, T, input_size] (batch_first=True)" if batch_first else "[T, B, input_size]"
+        raise ValueError(f"input must be 3-D {layout}, got shape {shape_str(input.shape)}")
+    if input.shape[1 if batch_first else 0] == 0:
+        raise ValueError("input must have at least one time step (as torch.nn requires), "
+                         f"got shape {shape_str(input.shape)}")
+    return input.transpose(0, 1) if batch_first else input
+
+
 def recurrence(mode: str, input: torch.Tensor, hx, weights, *, num_layers: int = 1,
                bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                training: bool = False, bidirectional: bool = False, lengths=None):
@@ -144,15 +155,9 @@ def recurrence(mode: str, input: torch.Tensor, hx, weights, *, num_layers: int =
         return autocast.run_cast(amp, recurrence, mode, input, hx, weights, num_layers=num_layers,
                                  bias=bias, batch_first=batch_first, dropout=dropout,
                                  training=training, bidirectional=bidirectional, lengths=lengths)
-    if input.dim() != 3:
-        layout = "[B, T, input_size] (batch_first=True)" if batch_first else "[T, B, input_size]"
-        raise ValueError(f"input must be 3-D {layout}, got shape {shape_str(input.shape)}")
-    if input.shape[1 if batch_first else 0] == 0:
-        raise ValueError("input must have at least one time step (as torch.nn requires), "
-                         f"got shape {shape_str(input.shape)}")
     D = 2 if bidirectional else 1
     layers = split_flat_weights(weights, num_layers, D, bias)
-    x = input.transpose(0, 1) if batch_first else input
+    x = time_major_input(input, batch_first)
     _check_weights(layers, x, mode)
     h0, c0 = _initial_state(mode, hx, layers, x)
     lengths = normalize_lengths(lengths, x.shape[1], x.shape[0])

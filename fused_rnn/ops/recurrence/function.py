@@ -18,6 +18,17 @@ from torch.autograd.function import once_differentiable
 from .cells import LSTM, LayerWeights
 
 
+def saved_for_backward(ctx, saved: tuple, refill) -> tuple:
+    """``saved`` for this backward. A backend whose ``_bwd`` writes over it
+    (``OVERWRITES_SAVED``) leaves it spent: a second backward gets it anew from
+    ``refill()``, which runs the forward again."""
+    if getattr(ctx.ops, "OVERWRITES_SAVED", False):
+        if getattr(ctx, "saved_spent", False):
+            saved = refill()
+        ctx.saved_spent = True
+    return saved
+
+
 class RecurrenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ops, mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr):
@@ -35,10 +46,8 @@ class RecurrenceFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, lengths, *rest = ctx.saved_tensors
         w, saved = LayerWeights(*rest[:5]), tuple(rest[5:])
-        if getattr(ctx.ops, "OVERWRITES_SAVED", False):
-            if getattr(ctx, "saved_spent", False):
-                saved = ctx.ops._fwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, need_saved=True)[3]
-            ctx.saved_spent = True
+        saved = saved_for_backward(ctx, saved, lambda: ctx.ops._fwd(
+            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, need_saved=True)[3])
         if dy is None:
             dy = torch.zeros(x.shape[:2] + (h0.shape[-1],), dtype=x.dtype, device=x.device)
         dx, dh0, dc0, dw = ctx.ops._bwd(

@@ -14,9 +14,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ... import autocast, backends
-from ...functional import _check_weights, _initial_state, stack_layers
+from ...functional import _check_weights, _initial_state, stack_layers, time_major_input
 from ..recurrence.cells import GATES, GRU, LSTM, LayerWeights
-from ..recurrence.checks import check_float_tensor, check_like, check_shape, normalize_lengths, shape_str
+from ..recurrence.function import saved_for_backward
+from ..recurrence.checks import check_float_tensor, check_like, check_shape, normalize_lengths
 from .layout import VariantWeights, draw_keeps
 from .library import compiled_variant_layer
 
@@ -32,8 +33,6 @@ class VariantFunction(torch.autograd.Function):
         ctx.ops, ctx.mode, ctx.reverse = ops, mode, reverse
         ctx.save_for_backward(x, h0, c0, lengths, keep_h, keep_c, *w, *saved)
         ctx.set_materialize_grads(False)
-        if keep_h is not None:
-            ctx.mark_non_differentiable(*(k for k in (keep_h, keep_c) if k is not None))
         if mode != LSTM:
             return y, h_n
         return y, h_n, c_n
@@ -43,12 +42,8 @@ class VariantFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, lengths, keep_h, keep_c, *rest = ctx.saved_tensors
         w, saved = VariantWeights(*rest[:_N_WEIGHTS]), tuple(rest[_N_WEIGHTS:])
-        if getattr(ctx.ops, "OVERWRITES_SAVED", False):
-            # As in ops/recurrence: a second backward recomputes what the first one spent.
-            if getattr(ctx, "saved_spent", False):
-                saved = ctx.ops._fwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, keep_h,
-                                     keep_c, need_saved=True)[3]
-            ctx.saved_spent = True
+        saved = saved_for_backward(ctx, saved, lambda: ctx.ops._fwd(
+            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, keep_h, keep_c, need_saved=True)[3])
         if dy is None:
             dy = torch.zeros(x.shape[:2] + (h0.shape[-1],), dtype=x.dtype, device=x.device)
         dx, dh0, dc0, dw = ctx.ops._bwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, keep_h,
@@ -140,13 +135,7 @@ def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_firs
                                  [[tuple(w) for w in dirs] for dirs in layers],
                                  batch_first=batch_first, dropout=dropout, training=training,
                                  lengths=lengths, zoneout=zoneout)
-    if input.dim() != 3:
-        layout = "[B, T, input_size] (batch_first=True)" if batch_first else "[T, B, input_size]"
-        raise ValueError(f"input must be 3-D {layout}, got shape {shape_str(input.shape)}")
-    if input.shape[1 if batch_first else 0] == 0:
-        raise ValueError("input must have at least one time step (as torch.nn requires), "
-                         f"got shape {shape_str(input.shape)}")
-    x = input.transpose(0, 1) if batch_first else input
+    x = time_major_input(input, batch_first)
     layers = [[VariantWeights(*w) for w in dirs] for dirs in layers]
     plain = [[LayerWeights(*w[:4]) for w in dirs] for dirs in layers]
     _check_weights(plain, x, mode)
