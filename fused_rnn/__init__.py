@@ -5,6 +5,7 @@ from . import functional
 from .backends import (BackendError, available_backends, backend_report, current_backend,
                        set_backend, use_backend)
 from .convert import convert
+from .modules import AttentionDecoder, AttentionDecoderCell
 from .modules import (GRU, LSTM, RNN, AdditiveAttention, GRUCell, LSTMCell, LuongAttention,
                       RNNCell)
 
@@ -14,4 +15,5 @@ __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "AdditiveAttention",
     "LuongAttention", "functional", "convert", "set_backend", "use_backend",
     "available_backends", "backend_report", "current_backend", "BackendError",
+    "AttentionDecoderCell", "AttentionDecoder",
 ]

@@ -13,7 +13,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 #include "kernels.h"
 
@@ -118,6 +120,74 @@ at::Tensor pack_fwd(const at::Tensor& w_hh, int64_t G, const TilePlan& p) {
   return w.view({G, p.panels, p.units, K}).permute({1, 3, 0, 2}).contiguous();
 }
 
+// The forward panels of the last few weight pairs, kept while the weights are unchanged.
+// A decoder calls a one-step recurrence per token with the same weights: packing them
+// again each call (a strided pass over ~3 MiB at H=256) cost more than the step itself.
+// An entry holds weak references to the weights' storages, so a freed weight can never be
+// mistaken for a new one at the same address, and their version counters, so an in-place
+// update (an optimizer step) repacks. Inference tensors have no version counter: not cached.
+class PanelCache {
+ public:
+  template <typename Pack>
+  at::Tensor get(const at::Tensor& a, const at::Tensor& b, int64_t G, const TilePlan& p,
+                 const Pack& pack) {
+    if (!cacheable(a) || !cacheable(b)) return pack();
+    const Key key{Ref(a), Ref(b), G, p.units, p.panels};
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (entries_[i].first.same(key)) {
+        std::rotate(entries_.begin(), entries_.begin() + i, entries_.begin() + i + 1);
+        return entries_[0].second;
+      }
+    }
+    at::Tensor packed = pack();
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [](const Entry& e) { return e.first.expired(); }),
+                   entries_.end());
+    if (entries_.size() >= kCapacity) entries_.pop_back();
+    entries_.insert(entries_.begin(), Entry{key, packed});
+    return packed;
+  }
+
+ private:
+  static constexpr size_t kCapacity = 4;
+  struct Ref {
+    explicit Ref(const at::Tensor& t)
+        : storage(t.storage().getWeakStorageImpl()), offset(t.storage_offset()),
+          version(int64_t(t._version())), sizes(t.sizes().vec()), strides(t.strides().vec()),
+          dtype(t.scalar_type()) {}
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    int64_t offset, version;
+    std::vector<int64_t> sizes, strides;
+    at::ScalarType dtype;
+    bool same(const Ref& o) const {
+      // _unsafe_get_target: identity only, never dereferenced.
+      return !storage.expired() && storage._unsafe_get_target() == o.storage._unsafe_get_target() &&
+             offset == o.offset && version == o.version && sizes == o.sizes &&
+             strides == o.strides && dtype == o.dtype;
+    }
+  };
+  struct Key {
+    Ref a, b;
+    int64_t G, units, panels;
+    bool same(const Key& o) const {
+      return a.same(o.a) && b.same(o.b) && G == o.G && units == o.units && panels == o.panels;
+    }
+    bool expired() const { return a.storage.expired() || b.storage.expired(); }
+  };
+  using Entry = std::pair<Key, at::Tensor>;
+
+  static bool cacheable(const at::Tensor& t) { return t.defined() && !t.is_inference(); }
+
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+PanelCache& panel_cache() {
+  static PanelCache cache;
+  return cache;
+}
+
 // Backward panels: W_hh [G*H, H], the right operand of da_h W_hh -> [panels, G*H, units].
 at::Tensor pack_bwd(const at::Tensor& w_hh, const TilePlan& p) {
   const int64_t K = w_hh.size(0), H = w_hh.size(1), Hp = p.panels * p.units;
@@ -201,7 +271,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   // once per step) or one GEMM does all steps first (a [T, B, G*H] round trip to memory).
   const bool input_gemm = use_input_gemm(B);
   const at::Tensor gi = input_gemm ? at::mm(x.view({nT * B, I}), w_ih.t()) : at::Tensor();
-  const at::Tensor w_packed = pack_fwd(input_gemm ? w_hh : at::cat({w_ih, w_hh}, 1), G, plan);
+  // Keyed on both weights; the sign of G tells the two layouts (W_hh alone with the input
+  // GEMM, [W_ih | W_hh] without) apart.
+  const at::Tensor w_packed = panel_cache().get(w_ih, w_hh, input_gemm ? -G : G, plan, [&] {
+    return pack_fwd(input_gemm ? w_hh : at::cat({w_ih, w_hh}, 1), G, plan);
+  });
   const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
 
   for (int64_t t = 0; t < nT; ++t) {

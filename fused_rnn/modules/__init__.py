@@ -1,6 +1,7 @@
 from .attention import AdditiveAttention, LuongAttention
 from .cell import GRUCell, LSTMCell, RNNCell
+from .decoder import AttentionDecoder, AttentionDecoderCell
 from .rnn import GRU, LSTM, RNN
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "AdditiveAttention",
-           "LuongAttention"]
+           "LuongAttention", "AttentionDecoderCell", "AttentionDecoder"]
