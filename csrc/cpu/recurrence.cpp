@@ -120,18 +120,22 @@ at::Tensor pack_fwd(const at::Tensor& w_hh, int64_t G, const TilePlan& p) {
   return w.view({G, p.panels, p.units, K}).permute({1, 3, 0, 2}).contiguous();
 }
 
-// The forward panels of the last few weight pairs, kept while the weights are unchanged.
-// A decoder calls a one-step recurrence per token with the same weights: packing them
-// again each call (a strided pass over ~3 MiB at H=256) cost more than the step itself.
-// An entry holds weak references to the weights' storages, so a freed weight can never be
-// mistaken for a new one at the same address, and their version counters, so an in-place
-// update (an optimizer step) repacks. Inference tensors have no version counter: not cached.
+// The forward panels of the last few weight pairs, kept inside a weights-unchanged scope
+// (panel_cache_scope). A decoder calls a one-step recurrence per token with the same
+// weights: packing them again each call (a strided pass over ~3 MiB at H=256) cost more
+// than the step itself. Only inside a scope, because a write through `.data` (gradcheck's
+// perturbations, old optimizers) bumps no version counter that the weight itself sees: a
+// cache living across scopes would then serve stale panels. Inside, an entry still holds
+// weak references to the weights' storages (a freed weight is never mistaken for a new one
+// at the same address) and their version counters (an in-place update repacks). The cache
+// is emptied when the calling thread leaves its outermost scope. Inference tensors have no
+// version counter: never cached.
 class PanelCache {
  public:
   template <typename Pack>
   at::Tensor get(const at::Tensor& a, const at::Tensor& b, int64_t G, const TilePlan& p,
                  const Pack& pack) {
-    if (!cacheable(a) || !cacheable(b)) return pack();
+    if (depth_ == 0 || !cacheable(a) || !cacheable(b)) return pack();
     const Key key{Ref(a), Ref(b), G, p.units, p.panels};
     std::lock_guard<std::mutex> lock(mutex_);
     for (size_t i = 0; i < entries_.size(); ++i) {
@@ -147,6 +151,18 @@ class PanelCache {
     if (entries_.size() >= kCapacity) entries_.pop_back();
     entries_.insert(entries_.begin(), Entry{key, packed});
     return packed;
+  }
+
+  void scope(bool enter) {
+    if (enter) {
+      ++depth_;
+      return;
+    }
+    TORCH_CHECK(depth_ > 0, "fused_rnn: panel_cache_scope(False) without a matching enter");
+    if (--depth_ == 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      entries_.clear();
+    }
   }
 
  private:
@@ -179,9 +195,12 @@ class PanelCache {
 
   static bool cacheable(const at::Tensor& t) { return t.defined() && !t.is_inference(); }
 
+  static thread_local int64_t depth_;
   std::mutex mutex_;
   std::vector<Entry> entries_;
 };
+
+thread_local int64_t PanelCache::depth_ = 0;
 
 PanelCache& panel_cache() {
   static PanelCache cache;
@@ -503,6 +522,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurren
                                   w_hr, need_saved);
   });
 }
+
+void panel_cache_scope(bool enter) { panel_cache().scope(enter); }
 
 std::vector<at::Tensor> recurrence_backward(
     int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,

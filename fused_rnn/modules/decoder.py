@@ -13,17 +13,43 @@ input, the last ``value_size`` the context.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from .. import functional as F
+from .. import _native
 from ..ops.recurrence.checks import check_float_tensor, check_shape, normalize_lengths, shape_str
 from .attention import AdditiveAttention, LuongAttention
 from .cell import GRUCell, LSTMCell
 
 _CELLS = {"lstm": LSTMCell, "gru": GRUCell}
+
+
+@contextlib.contextmanager
+def weights_unchanged():
+    """A scope in which no weight is written except by in-place ops (an optimizer's
+    ``p.add_``), never through ``.data``: the cpu backend then packs each cell's weights
+    once and reuses them while their version counters stay the same, instead of packing
+    them on every step. :class:`AttentionDecoder` decodes inside one; wrap a hand-written
+    loop of :class:`AttentionDecoderCell` (or of cells) steps in it for the same effect.
+
+    >>> with weights_unchanged():
+    ...     for x in xs:
+    ...         state, ctx, w = step(x, state, keys, pk)
+    """
+    scope = None
+    if _native.cpu_available() is None and not torch.compiler.is_compiling():
+        scope = getattr(torch.ops.fused_rnn, "panel_cache_scope", None)
+    if scope is None:
+        yield
+        return
+    scope(True)
+    try:
+        yield
+    finally:
+        scope(False)
 _LUONG = ("dot", "scaled_dot", "general", "concat")
 
 
@@ -57,6 +83,10 @@ class AttentionDecoderCell(nn.Module):
     >>> keys = torch.randn(2, 7, 48)
     >>> pk = step.project_keys(keys)
     >>> (h, c), ctx, w = step(torch.randn(2, 32), None, keys, pk, lengths=[7, 4])
+
+    A loop of steps is faster on the cpu backend inside ``with step.weights_unchanged():``
+    (the cell's weights are then packed once, not per step; see :func:`weights_unchanged`),
+    as :class:`AttentionDecoder` runs it.
     """
 
     def __init__(self, input_size: int, hidden_size: int, key_size: int,
@@ -80,6 +110,9 @@ class AttentionDecoderCell(nn.Module):
         self.cell = _CELLS[cell](input_size + value_size, hidden_size, bias=bias, **kw)
         self.input_size, self.hidden_size, self.value_size = input_size, hidden_size, value_size
         self.cell_type, self.score = cell, score
+
+    # ``with step.weights_unchanged(): <loop of steps>``: see the module's weights_unchanged.
+    weights_unchanged = staticmethod(weights_unchanged)
 
     def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
         """keys [B, Tk, key_size] -> what each step scores against; compute once per source."""
@@ -190,12 +223,13 @@ class AttentionDecoder(nn.Module):
         pk, mask = self._source(keys, projected_keys, lengths, mask)
         xs = self._embed(inputs)
         outputs, weights = [], []
-        for t in range(xs.shape[1]):
-            state, context, w = self.cell(xs[:, t], state, keys, pk, values, mask=mask,
-                                          need_weights=need_weights)
-            features = self._features(state, context)
-            outputs.append(features if self.output is None else self.output(features))
-            weights.append(w)
+        with weights_unchanged():
+            for t in range(xs.shape[1]):
+                state, context, w = self.cell(xs[:, t], state, keys, pk, values, mask=mask,
+                                              need_weights=need_weights)
+                features = self._features(state, context)
+                outputs.append(features if self.output is None else self.output(features))
+                weights.append(w)
         return (torch.stack(outputs, 1), state,
                 torch.stack(weights, 1) if need_weights else None)
 
@@ -226,18 +260,19 @@ class AttentionDecoder(nn.Module):
         x = start if next_input is not None else self.embedding(start)
         emitted, weights = [], []
         done = None
-        for _ in range(steps):
-            state, context, w = self.cell(x, state, keys, pk, values, mask=mask)
-            weights.append(w)
-            if next_input is not None:
-                x = next_input(state[0] if self.cell.cell_type == "lstm" else state, context)
-                emitted.append(x)
-                continue
-            token = self.output(self._features(state, context)).argmax(-1)
-            emitted.append(token)
-            if eos is not None:
-                done = (token == eos) if done is None else done | (token == eos)
-                if bool(done.all()):
-                    break
-            x = self.embedding(token)
+        with weights_unchanged():
+            for _ in range(steps):
+                state, context, w = self.cell(x, state, keys, pk, values, mask=mask)
+                weights.append(w)
+                if next_input is not None:
+                    x = next_input(state[0] if self.cell.cell_type == "lstm" else state, context)
+                    emitted.append(x)
+                    continue
+                token = self.output(self._features(state, context)).argmax(-1)
+                emitted.append(token)
+                if eos is not None:
+                    done = (token == eos) if done is None else done | (token == eos)
+                    if bool(done.all()):
+                        break
+                x = self.embedding(token)
         return torch.stack(emitted, 1), torch.stack(weights, 1)
