@@ -13,7 +13,9 @@ parity tests (``tests/test_decoder.py``), which hold the fused step to this orac
 from __future__ import annotations
 
 import dataclasses
-import math
+import statistics
+import sys
+import time
 from typing import Callable
 
 import torch
@@ -162,7 +164,45 @@ def per_step_us(total_ms: float, shape: DecoderShape) -> float:
     return total_ms * 1e3 / shape.steps
 
 
-def geometric_spread(ratios) -> str:
-    """min / geometric mean / max of a list of ratios, for the report."""
-    g = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    return f"{min(ratios):.2f} / {g:.2f} / {max(ratios):.2f}"
+def measure(warmup: int, repeats: int, dtype=torch.float32, cases=None) -> list:
+    """One row per case: both implementations timed in alternation (A, B, A, B, ...), so a
+    change in the machine's load hits both; the speed-up is the median of the per-round
+    ratios torch.nn parts / fused, with their min and max as the spread."""
+    rows = []
+    for case in cases or all_cases():
+        parts, fused = build_pair(case.cell, case.shape, dtype)
+        inputs = build_inputs(case.shape, dtype)
+        runners = {"torch.nn parts": make_runner(case, parts, inputs),
+                   "fused": make_runner(case, fused, inputs)}
+        for _ in range(max(warmup, 1)):
+            for run in runners.values():
+                run()
+        times = {name: [] for name in runners}
+        for _ in range(repeats):
+            for name, run in runners.items():
+                started = time.perf_counter()
+                run()
+                times[name].append(per_step_us((time.perf_counter() - started) * 1e3, case.shape))
+        ratios = sorted(a / b for a, b in zip(times["torch.nn parts"], times["fused"]))
+        rows.append({"op": "decoder", "cell": case.cell, "mode": case.mode,
+                     **dataclasses.asdict(case.shape), "dtype": str(dtype).replace("torch.", ""),
+                     "torch_parts_us_per_step": statistics.median(times["torch.nn parts"]),
+                     "fused_us_per_step": statistics.median(times["fused"]),
+                     "speedup": statistics.median(ratios), "speedup_min": ratios[0],
+                     "speedup_max": ratios[-1], "repeats": repeats,
+                     "times_us": times})
+        print(f"  decoder {case.cell} {case.mode:7}: {rows[-1]['speedup']:.2f} x",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def format_rows(rows: list) -> str:
+    lines = ["decoder step (us per step, medians; speed-up = torch.nn parts / fused per "
+             "alternating round: median [min, max])",
+             f"{'cell':5} {'shape':36} {'mode':7} {'torch.nn parts':>14} {'fused':>8} {'speed-up':>20}"]
+    for r in rows:
+        shape = DecoderShape(**{f.name: r[f.name] for f in dataclasses.fields(DecoderShape)})
+        lines.append(f"{r['cell']:5} {shape.label:36} {r['mode']:7} "
+                     f"{r['torch_parts_us_per_step']:14.0f} {r['fused_us_per_step']:8.0f} "
+                     f"{r['speedup']:6.2f} [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}]")
+    return "\n".join(lines)

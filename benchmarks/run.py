@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                       # CPU, recurrence and attention, every backend
     python -m benchmarks.run --ops attention       # attention only
+    python -m benchmarks.run --ops decoder         # decoder step: fused vs torch.nn parts
     python -m benchmarks.run --device cuda         # DESIGN.md's GPU matrix
     python -m benchmarks.run --quick --cells lstm --backends reference --shapes 100,1,256,256
 
@@ -34,6 +35,7 @@ import fused_rnn
 from fused_rnn.backends import backend_names
 
 from . import attention_cases as AC
+from . import decoder_cases as DC
 from . import cases as C
 from .measure import (OtherLoad, copy_gbytes_per_s, gemm_gflops, peak_mib,
                       saved_for_backward_mib, time_ms)
@@ -52,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--matrix", choices=("cpu", "gpu"), default=None,
                    help="which shapes (default: the device's; gpu is DESIGN.md's GPU matrix)")
     p.add_argument("--ops", default="recurrence,attention",
-                   help="comma-separated subset of: recurrence, attention")
+                   help="comma-separated subset of: recurrence, attention, decoder")
     p.add_argument("--backends", default=None,
                    help="comma-separated fused_rnn backends to time (default: all available)")
     p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per row")
@@ -76,8 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.cells = _parse_cells(p, args.cells)
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    if not args.ops or set(args.ops) - {"recurrence", "attention"}:
-        p.error(f"--ops: expected a comma-separated subset of recurrence, attention, got {args.ops}")
+    if not args.ops or set(args.ops) - {"recurrence", "attention", "decoder"}:
+        p.error("--ops: expected a comma-separated subset of recurrence, attention, decoder, "
+                f"got {args.ops}")
     args.backends = _parse_backends(p, args.backends)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
@@ -503,6 +506,8 @@ def main(argv=None) -> int:
     copy_before = copy_gbytes_per_s(copy_bytes, device)
     rows = measure_all(args, device, dtype) if "recurrence" in args.ops else []
     attn_rows = measure_attention(args, device, dtype) if "attention" in args.ops else []
+    dec_rows = (DC.measure(args.warmup, args.repeats, dtype)
+                if "decoder" in args.ops and device.type == "cpu" else [])
     # Measured again after the rows: a drop means the machine throttled or got busy.
     gemm_after = gemm_gflops(args.gemm_size, device, dtype)
     copy_after = copy_gbytes_per_s(copy_bytes, device)
@@ -514,6 +519,7 @@ def main(argv=None) -> int:
         add_copy_fraction(r, max(copy_before, copy_after))
     tag_rows(rows, meta)
     tag_rows(attn_rows, meta)
+    tag_rows(dec_rows, meta)
     meta["settings"] = {"warmup": args.warmup, "repeats": args.repeats,
                         "backends": args.backends, "cells": args.cells, "ops": args.ops,
                         "matrix": args.matrix,
@@ -530,8 +536,10 @@ def main(argv=None) -> int:
         print("\nattention (x reference: time / the reference's; peak x ref: peak memory / the "
               "reference's; fwd+bwd of the context, weights not returned)")
         print(format_table(attn_rows, device.type, ATTN_COLUMNS))
+    if dec_rows:
+        print("\n" + DC.format_rows(dec_rows))
     _print_warnings(rows, meta, args)
-    write_json(args.out, meta, rows + attn_rows)
+    write_json(args.out, meta, rows + attn_rows + dec_rows)
     print(f"json: {args.out}")
     if args.plot and rows:
         plot(args.plot, rows, meta)

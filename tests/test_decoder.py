@@ -224,3 +224,53 @@ def test_bad_input_names_the_argument(call, match):
     dec = fused_rnn.AttentionDecoder(step, nn.Embedding(V, E), nn.Linear(H + K, V))
     with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
         call(step, dec, randn(B, TK, K))
+
+
+# --- the cpu backend's packed weights inside weights_unchanged() ---
+
+needs_cpu = pytest.mark.skipif("cpu" not in fused_rnn.available_backends(),
+                               reason="the cpu backend (fused_rnn._C) is not built")
+
+
+@needs_cpu
+@pytest.mark.parametrize("cell", ("lstm", "gru"))
+def test_weights_unchanged_repacks_after_in_place_updates(cell):
+    """Inside the scope the packed weights are reused (a write through .data, which bumps no
+    version, is not seen: that is the scope's contract), and an in-place update of a
+    weight, which bumps its version, is (an optimizer step inside a decode)."""
+    torch_cls, fused_cls = (nn.LSTMCell, fused_rnn.LSTMCell) if cell == "lstm" else (nn.GRUCell, fused_rnn.GRUCell)
+    ref, fused = torch_cls(E, H), fused_cls(E, H)
+    fused.load_state_dict(ref.state_dict())
+    x = randn(B, E)
+    hx = (randn(B, H), randn(B, H)) if cell == "lstm" else randn(B, H)
+    first = lambda out: out[0] if cell == "lstm" else out  # noqa: E731
+    with fused_rnn.use_backend("cpu"), fused_rnn.AttentionDecoderCell.weights_unchanged():
+        before = first(fused(x, hx))
+        fused.weight_hh.data.mul_(0.5)  # no version bump: the cached panels are still used
+        assert torch.equal(first(fused(x, hx)), before), "the scope did not reuse the packed weights"
+        with torch.no_grad():
+            fused.weight_hh.mul_(1.5)  # a version bump: repacked, and now 0.75 x the original
+            fused.weight_ih.add_(0.1)
+            ref.weight_hh.mul_(0.75)
+            ref.weight_ih.add_(0.1)
+        assert_close(first(fused(x, hx)), first(ref(x, hx)), rtol=1e-5, atol=1e-6,
+                     name="state after an in-place update")
+    # Outside any scope nothing is cached: a .data write is seen at once.
+    fused.weight_ih.data.mul_(2)
+    ref.weight_ih.data.mul_(2)
+    with fused_rnn.use_backend("cpu"):
+        assert_close(first(fused(x, hx)), first(ref(x, hx)), rtol=1e-5, atol=1e-6,
+                     name="state after a .data write outside the scope")
+
+
+@needs_cpu
+def test_weights_unchanged_scope_never_outlives_a_freed_weight():
+    """A new weight at a freed weight's address is packed afresh (weak storage references)."""
+    x, h = randn(B, E), randn(B, H)
+    with fused_rnn.use_backend("cpu"), fused_rnn.AttentionDecoderCell.weights_unchanged():
+        for _ in range(4):
+            ref = nn.GRUCell(E, H)
+            fused = fused_rnn.GRUCell(E, H)
+            fused.load_state_dict(ref.state_dict())
+            assert_close(fused(x, h), ref(x, h), rtol=1e-5, atol=1e-6, name="fresh cell")
+            del fused
