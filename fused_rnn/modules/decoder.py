@@ -54,6 +54,8 @@ def weights_unchanged():
         yield
     finally:
         scope(False)
+
+
 _LUONG = ("dot", "scaled_dot", "general", "concat")
 
 
@@ -141,8 +143,8 @@ class AttentionDecoderCell(nn.Module):
 
     def _step(self, input, state, h, keys, pk, values, lengths, mask, need_weights):
         """The step on the backends' autograd Functions, past the general entry points'
-        per-call work (the checks of every weight and a backend choice per op: ~130 us a
-        step at B=16, as much as the kernels). The weights are this module's own; what
+        per-call work (the checks of every weight, a backend choice per op: measured ~130 us
+        a step at B=16, as much as the kernels). The weights are this module's own; what
         changes per call is checked here."""
         att = self.attention
         q, extra = att._query_args(h)
