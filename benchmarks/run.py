@@ -3,6 +3,7 @@
     python -m benchmarks.run                       # CPU, recurrence and attention, every backend
     python -m benchmarks.run --ops attention       # attention only
     python -m benchmarks.run --ops variants        # LayerNormLSTM vs its plain loop (opt-in)
+    python -m benchmarks.run --ops decoder         # decoder step: fused vs torch.nn parts
     python -m benchmarks.run --device cuda         # DESIGN.md's GPU matrix
     python -m benchmarks.run --quick --cells lstm --backends reference --shapes 100,1,256,256
 
@@ -35,6 +36,7 @@ import fused_rnn
 from fused_rnn.backends import backend_names
 
 from . import attention_cases as AC
+from . import decoder_cases as DC
 from . import cases as C
 from . import variant_cases as VC
 from .measure import (OtherLoad, copy_gbytes_per_s, gemm_gflops, peak_mib,
@@ -55,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="which shapes (default: the device's; gpu is DESIGN.md's GPU matrix)")
     p.add_argument("--ops", default="recurrence,attention",
                    help="comma-separated subset of: recurrence, attention, variants "
-                        "(LayerNormLSTM T100 B64 I256 H256 vs its plain loop; not in the default)")
+                        "(LayerNormLSTM T100 B64 I256 H256 vs its plain loop), decoder (one "
+                        "attention-decoder step vs torch.nn parts); the last two not by default")
     p.add_argument("--backends", default=None,
                    help="comma-separated fused_rnn backends to time (default: all available)")
     p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per row")
@@ -79,8 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.cells = _parse_cells(p, args.cells)
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    if not args.ops or set(args.ops) - {"recurrence", "attention", "variants"}:
+    if not args.ops or set(args.ops) - {"recurrence", "attention", "variants", "decoder"}:
         p.error("--ops: expected a comma-separated subset of recurrence, attention, variants, "
+                "decoder, "
                 f"got {args.ops}")
     args.backends = _parse_backends(p, args.backends)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
@@ -509,6 +513,8 @@ def main(argv=None) -> int:
     attn_rows = measure_attention(args, device, dtype) if "attention" in args.ops else []
     variant_rows = (VC.measure_rows(args.backends, device, dtype, args.warmup, args.repeats)
                     if "variants" in args.ops else [])
+    dec_rows = (DC.measure(args.warmup, args.repeats, dtype)
+                if "decoder" in args.ops and device.type == "cpu" else [])
     # Measured again after the rows: a drop means the machine throttled or got busy.
     gemm_after = gemm_gflops(args.gemm_size, device, dtype)
     copy_after = copy_gbytes_per_s(copy_bytes, device)
@@ -521,6 +527,7 @@ def main(argv=None) -> int:
     tag_rows(rows, meta)
     tag_rows(attn_rows, meta)
     tag_rows(variant_rows, meta)
+    tag_rows(dec_rows, meta)
     meta["settings"] = {"warmup": args.warmup, "repeats": args.repeats,
                         "backends": args.backends, "cells": args.cells, "ops": args.ops,
                         "matrix": args.matrix,
@@ -541,8 +548,10 @@ def main(argv=None) -> int:
         print("\nvariants (x plain: time / the plain-PyTorch loop's, input projection and its "
               "layer norm batched over steps; max |diff|: output vs that loop's)")
         print(format_table(variant_rows, device.type, VC.COLUMNS))
+    if dec_rows:
+        print("\n" + DC.format_rows(dec_rows))
     _print_warnings(rows, meta, args)
-    write_json(args.out, meta, rows + attn_rows + variant_rows)
+    write_json(args.out, meta, rows + attn_rows + variant_rows + dec_rows)
     print(f"json: {args.out}")
     if args.plot and rows:
         plot(args.plot, rows, meta)

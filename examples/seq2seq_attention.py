@@ -60,6 +60,23 @@ class TorchAdditiveAttention(nn.Module):
         return (w.unsqueeze(1) @ keys).squeeze(1), w
 
 
+class TorchAttentionDecoderStep(nn.Module):
+    """fused_rnn.AttentionDecoderCell (GRU, additive score) in plain PyTorch (for --impl
+    torch): attention from the previous state, then the cell on [input; context]."""
+
+    def __init__(self, input_size, hidden_size, key_size, attn_size):
+        super().__init__()
+        self.attention = TorchAdditiveAttention(hidden_size, key_size, attn_size)
+        self.cell = nn.GRUCell(input_size + key_size, hidden_size)
+
+    def project_keys(self, keys):
+        return self.attention.project_keys(keys)
+
+    def forward(self, input, s, keys, projected_keys, lengths):
+        context, weights = self.attention(s, keys, lengths=lengths, projected_keys=projected_keys)
+        return self.cell(torch.cat([input, context], -1), s), context, weights
+
+
 class Seq2Seq(nn.Module):
     def __init__(self, impl: str, emb=64, hidden=128, attn=64):
         super().__init__()
@@ -67,9 +84,9 @@ class Seq2Seq(nn.Module):
         self.embed = nn.Embedding(VOCAB, emb, padding_idx=PAD)
         self.encoder = lib.GRU(emb, hidden, batch_first=True, bidirectional=True)
         self.bridge = nn.Linear(2 * hidden, hidden)
-        self.attention = (fused_rnn.AdditiveAttention(hidden, 2 * hidden, attn) if impl == "fused"
-                          else TorchAdditiveAttention(hidden, 2 * hidden, attn))
-        self.decoder = lib.GRUCell(emb + 2 * hidden, hidden)
+        # Same parameters (decoder.attention.*, decoder.cell.*) and initial values either way.
+        self.decoder = (fused_rnn.AttentionDecoderCell(emb, hidden, 2 * hidden, attn, cell="gru")
+                        if impl == "fused" else TorchAttentionDecoderStep(emb, hidden, 2 * hidden, attn))
         self.out = nn.Linear(hidden + 2 * hidden, VOCAB)
 
     def encode(self, src, lengths):
@@ -78,12 +95,11 @@ class Seq2Seq(nn.Module):
         out, h_n = self.encoder(packed)
         keys, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
         s = torch.tanh(self.bridge(torch.cat([h_n[0], h_n[1]], -1)))
-        return keys, self.attention.project_keys(keys), s
+        return keys, self.decoder.project_keys(keys), s
 
     def step(self, token, s, keys, pk, lengths):
         """One decoder step: attention from the previous state, then the cell (input feeding)."""
-        context, weights = self.attention(s, keys, lengths=lengths, projected_keys=pk)
-        s = self.decoder(torch.cat([self.embed(token), context], -1), s)
+        s, context, weights = self.decoder(self.embed(token), s, keys, pk, lengths=lengths)
         return self.out(torch.cat([s, context], -1)), s, weights
 
     def forward(self, src, lengths, tgt):

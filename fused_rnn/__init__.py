@@ -5,8 +5,8 @@ from . import functional
 from .backends import (BackendError, available_backends, backend_report, current_backend,
                        set_backend, use_backend)
 from .convert import convert
-from .modules import (GRU, LSTM, RNN, AdditiveAttention, GRUCell, LayerNormGRU, LayerNormLSTM,
-                      LSTMCell, LuongAttention, RNNCell)
+from .modules import (GRU, LSTM, RNN, AdditiveAttention, AttentionDecoder, AttentionDecoderCell,
+                      GRUCell, LayerNormGRU, LayerNormLSTM, LSTMCell, LuongAttention, RNNCell)
 from .modules.recurrent_weights import dense_to_headwise, headwise_to_dense
 
 __version__ = "0.1.0"
@@ -17,4 +17,5 @@ __all__ = [
     "use_backend",
     "available_backends", "backend_report", "current_backend", "BackendError",
     "headwise_to_dense", "dense_to_headwise",
+    "AttentionDecoderCell", "AttentionDecoder",
 ]

@@ -157,6 +157,7 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor? lengths, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
       "Tensor[] saved, Tensor dy, Tensor? dh_n, Tensor? dc_n) -> Tensor[]");
   m.def("cpu_capability() -> str", &fused_rnn::capability);
+  m.def("panel_cache_scope(bool enter) -> ()", &fused_rnn::cpu::panel_cache_scope);
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {

@@ -13,7 +13,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 #include "kernels.h"
 
@@ -118,6 +120,95 @@ at::Tensor pack_fwd(const at::Tensor& w_hh, int64_t G, const TilePlan& p) {
   return w.view({G, p.panels, p.units, K}).permute({1, 3, 0, 2}).contiguous();
 }
 
+// The forward panels of the last few weight pairs, kept inside a weights-unchanged scope
+// (panel_cache_scope). A decoder calls a one-step recurrence per token with the same
+// weights: packing them again each call (a strided pass over ~3 MiB at H=256) cost more
+// than the step itself. Only inside a scope, because a write through `.data` (gradcheck's
+// perturbations, old optimizers) bumps no version counter that the weight itself sees: a
+// cache living across scopes would then serve stale panels. Inside, an entry still holds
+// weak references to the weights' storages (a freed weight is never mistaken for a new one
+// at the same address) and their version counters (an in-place update repacks). The cache
+// is emptied when the calling thread leaves its outermost scope. Inference tensors have no
+// version counter: never cached.
+class PanelCache {
+ public:
+  template <typename Pack>
+  at::Tensor get(const at::Tensor& a, const at::Tensor& b, int64_t G, const TilePlan& p,
+                 const Pack& pack) {
+    if (depth_ == 0 || !cacheable(a) || !cacheable(b)) return pack();
+    const Key key{Ref(a), Ref(b), G, p.units, p.panels};
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (entries_[i].first.same(key)) {
+        std::rotate(entries_.begin(), entries_.begin() + i, entries_.begin() + i + 1);
+        return entries_[0].second;
+      }
+    }
+    at::Tensor packed = pack();
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [](const Entry& e) { return e.first.expired(); }),
+                   entries_.end());
+    if (entries_.size() >= kCapacity) entries_.pop_back();
+    entries_.insert(entries_.begin(), Entry{key, packed});
+    return packed;
+  }
+
+  bool active() const { return depth_ > 0; }
+
+  void scope(bool enter) {
+    if (enter) {
+      ++depth_;
+      return;
+    }
+    TORCH_CHECK(depth_ > 0, "fused_rnn: panel_cache_scope(False) without a matching enter");
+    if (--depth_ == 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      entries_.clear();
+    }
+  }
+
+ private:
+  static constexpr size_t kCapacity = 4;
+  struct Ref {
+    explicit Ref(const at::Tensor& t)
+        : storage(t.storage().getWeakStorageImpl()), offset(t.storage_offset()),
+          version(int64_t(t._version())), sizes(t.sizes().vec()), strides(t.strides().vec()),
+          dtype(t.scalar_type()) {}
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    int64_t offset, version;
+    std::vector<int64_t> sizes, strides;
+    at::ScalarType dtype;
+    bool same(const Ref& o) const {
+      // _unsafe_get_target: identity only, never dereferenced.
+      return !storage.expired() && storage._unsafe_get_target() == o.storage._unsafe_get_target() &&
+             offset == o.offset && version == o.version && sizes == o.sizes &&
+             strides == o.strides && dtype == o.dtype;
+    }
+  };
+  struct Key {
+    Ref a, b;
+    int64_t G, units, panels;
+    bool same(const Key& o) const {
+      return a.same(o.a) && b.same(o.b) && G == o.G && units == o.units && panels == o.panels;
+    }
+    bool expired() const { return a.storage.expired() || b.storage.expired(); }
+  };
+  using Entry = std::pair<Key, at::Tensor>;
+
+  static bool cacheable(const at::Tensor& t) { return t.defined() && !t.is_inference(); }
+
+  static thread_local int64_t depth_;
+  std::mutex mutex_;
+  std::vector<Entry> entries_;
+};
+
+thread_local int64_t PanelCache::depth_ = 0;
+
+PanelCache& panel_cache() {
+  static PanelCache cache;
+  return cache;
+}
+
 // Backward panels: W_hh [G*H, H], the right operand of da_h W_hh -> [panels, G*H, units].
 at::Tensor pack_bwd(const at::Tensor& w_hh, const TilePlan& p) {
   const int64_t K = w_hh.size(0), H = w_hh.size(1), Hp = p.panels * p.units;
@@ -129,10 +220,13 @@ at::Tensor pack_bwd(const at::Tensor& w_hh, const TilePlan& p) {
 // step costs more than the gi round trip; measured on 2 Zen 4 cores (T=100, I=H=256): the
 // input GEMM wins at B <= 16, the fused step from B = 48. FUSED_RNN_CPU_INPUT_GEMM=0|1
 // forces either path (tests run both).
-bool use_input_gemm(int64_t B) {
+// One step inside a weights-unchanged scope (a decoder's step) is the exception: the panels
+// of [W_ih | W_hh] then come packed from the cache, and the fused x W_ih^T beats a GEMM of
+// B rows (B=16, I=512, H=256 LSTM: 168 vs 238 us per call).
+bool use_input_gemm(int64_t B, int64_t T, bool panels_cached) {
   static const char* env = std::getenv("FUSED_RNN_CPU_INPUT_GEMM");
   if (env && *env) return env[0] == '1';
-  return B <= 16;
+  return B <= 16 && !(T == 1 && panels_cached);
 }
 
 // Loop-order rows -> natural-order rows of a [T*B, N] buffer (reverse direction).
@@ -199,9 +293,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   const TilePlan plan = k.fwd_plan(mode, B, H);
   // Whether each step computes x_t W_ih^T itself (its weights then stream through the cache
   // once per step) or one GEMM does all steps first (a [T, B, G*H] round trip to memory).
-  const bool input_gemm = use_input_gemm(B);
+  const bool input_gemm = use_input_gemm(B, nT, panel_cache().active());
   const at::Tensor gi = input_gemm ? at::mm(x.view({nT * B, I}), w_ih.t()) : at::Tensor();
-  const at::Tensor w_packed = pack_fwd(input_gemm ? w_hh : at::cat({w_ih, w_hh}, 1), G, plan);
+  // Keyed on both weights; the sign of G tells the two layouts (W_hh alone with the input
+  // GEMM, [W_ih | W_hh] without) apart.
+  const at::Tensor w_packed = panel_cache().get(w_ih, w_hh, input_gemm ? -G : G, plan, [&] {
+    return pack_fwd(input_gemm ? w_hh : at::cat({w_ih, w_hh}, 1), G, plan);
+  });
   const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
 
   for (int64_t t = 0; t < nT; ++t) {
@@ -429,6 +527,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurren
                                   w_hr, need_saved);
   });
 }
+
+void panel_cache_scope(bool enter) { panel_cache().scope(enter); }
 
 std::vector<at::Tensor> recurrence_backward(
     int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,

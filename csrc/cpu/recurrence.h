@@ -33,5 +33,12 @@ std::vector<at::Tensor> recurrence_backward(
     const std::vector<at::Tensor>& saved, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n);
 
+// Enter (true) or leave (false) a scope in which the caller promises not to write the
+// weights other than through in-place ops that bump their version counter (no `.data`
+// writes): the forward then packs each weight pair once and reuses the panels while the
+// weights' versions stay the same. Scopes nest per thread; leaving the outermost empties
+// the cache.
+void panel_cache_scope(bool enter);
+
 }  // namespace cpu
 }  // namespace fused_rnn

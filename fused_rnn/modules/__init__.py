@@ -1,7 +1,9 @@
 from .attention import AdditiveAttention, LuongAttention
 from .cell import GRUCell, LSTMCell, RNNCell
+from .decoder import AttentionDecoder, AttentionDecoderCell
 from .layer_norm_rnn import LayerNormGRU, LayerNormLSTM
 from .rnn import GRU, LSTM, RNN
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "AdditiveAttention",
-           "LuongAttention", "LayerNormLSTM", "LayerNormGRU"]
+           "LuongAttention", "LayerNormLSTM", "LayerNormGRU", "AttentionDecoderCell",
+           "AttentionDecoder"]
