@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                       # CPU, recurrence and attention, every backend
     python -m benchmarks.run --ops attention       # attention only
+    python -m benchmarks.run --ops variants        # LayerNormLSTM vs its plain loop (opt-in)
     python -m benchmarks.run --device cuda         # DESIGN.md's GPU matrix
     python -m benchmarks.run --quick --cells lstm --backends reference --shapes 100,1,256,256
 
@@ -35,6 +36,7 @@ from fused_rnn.backends import backend_names
 
 from . import attention_cases as AC
 from . import cases as C
+from . import variant_cases as VC
 from .measure import (OtherLoad, copy_gbytes_per_s, gemm_gflops, peak_mib,
                       saved_for_backward_mib, time_ms)
 
@@ -52,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--matrix", choices=("cpu", "gpu"), default=None,
                    help="which shapes (default: the device's; gpu is DESIGN.md's GPU matrix)")
     p.add_argument("--ops", default="recurrence,attention",
-                   help="comma-separated subset of: recurrence, attention")
+                   help="comma-separated subset of: recurrence, attention, variants "
+                        "(LayerNormLSTM T100 B64 I256 H256 vs its plain loop; not in the default)")
     p.add_argument("--backends", default=None,
                    help="comma-separated fused_rnn backends to time (default: all available)")
     p.add_argument("--quick", action="store_true", help="1 warm-up run and 3 timed runs per row")
@@ -76,8 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.cells = _parse_cells(p, args.cells)
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    if not args.ops or set(args.ops) - {"recurrence", "attention"}:
-        p.error(f"--ops: expected a comma-separated subset of recurrence, attention, got {args.ops}")
+    if not args.ops or set(args.ops) - {"recurrence", "attention", "variants"}:
+        p.error("--ops: expected a comma-separated subset of recurrence, attention, variants, "
+                f"got {args.ops}")
     args.backends = _parse_backends(p, args.backends)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
@@ -503,6 +507,8 @@ def main(argv=None) -> int:
     copy_before = copy_gbytes_per_s(copy_bytes, device)
     rows = measure_all(args, device, dtype) if "recurrence" in args.ops else []
     attn_rows = measure_attention(args, device, dtype) if "attention" in args.ops else []
+    variant_rows = (VC.measure_rows(args.backends, device, dtype, args.warmup, args.repeats)
+                    if "variants" in args.ops else [])
     # Measured again after the rows: a drop means the machine throttled or got busy.
     gemm_after = gemm_gflops(args.gemm_size, device, dtype)
     copy_after = copy_gbytes_per_s(copy_bytes, device)
@@ -514,6 +520,7 @@ def main(argv=None) -> int:
         add_copy_fraction(r, max(copy_before, copy_after))
     tag_rows(rows, meta)
     tag_rows(attn_rows, meta)
+    tag_rows(variant_rows, meta)
     meta["settings"] = {"warmup": args.warmup, "repeats": args.repeats,
                         "backends": args.backends, "cells": args.cells, "ops": args.ops,
                         "matrix": args.matrix,
@@ -530,8 +537,12 @@ def main(argv=None) -> int:
         print("\nattention (x reference: time / the reference's; peak x ref: peak memory / the "
               "reference's; fwd+bwd of the context, weights not returned)")
         print(format_table(attn_rows, device.type, ATTN_COLUMNS))
+    if variant_rows:
+        print("\nvariants (x plain: time / the plain-PyTorch loop's, input projection and its "
+              "layer norm batched over steps; max |diff|: output vs that loop's)")
+        print(format_table(variant_rows, device.type, VC.COLUMNS))
     _print_warnings(rows, meta, args)
-    write_json(args.out, meta, rows + attn_rows)
+    write_json(args.out, meta, rows + attn_rows + variant_rows)
     print(f"json: {args.out}")
     if args.plot and rows:
         plot(args.plot, rows, meta)

@@ -5,13 +5,14 @@ from . import functional
 from .backends import (BackendError, available_backends, backend_report, current_backend,
                        set_backend, use_backend)
 from .convert import convert
-from .modules import (GRU, LSTM, RNN, AdditiveAttention, GRUCell, LSTMCell, LuongAttention,
-                      RNNCell)
+from .modules import (GRU, LSTM, RNN, AdditiveAttention, GRUCell, LayerNormGRU, LayerNormLSTM,
+                      LSTMCell, LuongAttention, RNNCell)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "AdditiveAttention",
-    "LuongAttention", "functional", "convert", "set_backend", "use_backend",
+    "LuongAttention", "LayerNormLSTM", "LayerNormGRU", "functional", "convert", "set_backend",
+    "use_backend",
     "available_backends", "backend_report", "current_backend", "BackendError",
 ]

@@ -157,6 +157,21 @@ def recurrence(mode: str, input: torch.Tensor, hx, weights, *, num_layers: int =
     h0, c0 = _initial_state(mode, hx, layers, x)
     lengths = normalize_lengths(lengths, x.shape[1], x.shape[0])
     run_layer = _layer_runner(mode, x, layers[0][0])
+    x, h_n, c_n = stack_layers(run_layer, layers, x, h0, c0, lengths, dropout=dropout,
+                               training=training)
+    output = x.transpose(0, 1) if batch_first else x
+    return output, h_n, c_n
+
+
+def stack_layers(run_layer, layers, x, h0, c0, lengths, *, dropout: float, training: bool):
+    """Layers in order, each direction on the layer's input, the directions' outputs
+    concatenated on the feature axis, dropout between layers in training.
+
+    ``run_layer(reverse, x, h0, c0, w, lengths) -> (y, h_n, c_n)`` runs one layer and
+    direction (called in the order layer, direction); x is time-major; h0, c0 [L*D, B, ·]
+    (c0 None without a cell state). Returns ``(output, h_n [L*D, ...], c_n or None)``.
+    """
+    D = len(layers[0])
     h_n, c_n = [], []
     for li, dirs in enumerate(layers):
         outs = []
@@ -167,10 +182,9 @@ def recurrence(mode: str, input: torch.Tensor, hx, weights, *, num_layers: int =
             h_n.append(h)
             c_n.append(c)
         x = outs[0] if D == 1 else torch.cat(outs, -1)
-        if training and dropout > 0 and li < num_layers - 1:
+        if training and dropout > 0 and li < len(layers) - 1:
             x = F.dropout(x, dropout, training=True)
-    output = x.transpose(0, 1) if batch_first else x
-    return output, torch.stack(h_n), (torch.stack(c_n) if mode == LSTM else None)
+    return x, torch.stack(h_n), (None if c0 is None else torch.stack(c_n))
 
 
 def lstm(input, hx, weights, *, num_layers=1, bias=True, batch_first=False, dropout=0.0,

@@ -13,6 +13,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import functional as F
 from ..ops.recurrence.cells import LSTM as _LSTM_MODE
+from ..ops.recurrence.cells import split_flat_weights
+from ..ops.variants.function import variant_recurrence
+from ..ops.variants.layout import VariantWeights
 from ..ops.recurrence.checks import check_float_tensor, shape_str
 
 
@@ -56,10 +59,7 @@ class _FusedRecurrence:
             batch_first = batch_first and not unbatched
             if unbatched and hx is not None:
                 hx = _unbatch_hx(hx, name)
-        output, h_n, c_n = F.recurrence(
-            self.mode, x, hx, self._flat_weights, num_layers=self.num_layers, bias=self.bias,
-            batch_first=batch_first, dropout=self.dropout, training=self.training,
-            bidirectional=self.bidirectional, lengths=lengths)
+        output, h_n, c_n = self._run(x, hx, batch_first, lengths)
         if lengths is not None:
             output = _repack(output, lengths, input)
         elif unbatched:
@@ -67,21 +67,64 @@ class _FusedRecurrence:
             c_n = None if c_n is None else c_n.squeeze(1)
         return output, ((h_n, c_n) if self.mode == _LSTM_MODE else h_n)
 
+    def _run(self, x, hx, batch_first, lengths):
+        """The layers on padded input: ``(output, h_n, c_n or None)``. With zoneout, the
+        variant family without layer norm (torch.nn's weights and equations otherwise)."""
+        zoneout = getattr(self, "zoneout", 0.0)
+        if zoneout > 0:
+            return variant_recurrence(
+                self.mode, x, hx, self._variant_weights(), batch_first=batch_first,
+                dropout=self.dropout, training=self.training, lengths=lengths, zoneout=zoneout)
+        return F.recurrence(
+            self.mode, x, hx, self._flat_weights, num_layers=self.num_layers, bias=self.bias,
+            batch_first=batch_first, dropout=self.dropout, training=self.training,
+            bidirectional=self.bidirectional, lengths=lengths)
 
-class LSTM(_FusedRecurrence, torch.nn.RNNBase):
-    __doc__ = "Fused drop-in for :class:`torch.nn.LSTM` (same arguments and parameters)."
+    def _variant_weights(self):
+        """``[[VariantWeights per direction] per layer]`` of torch.nn's weights."""
+        D = 2 if self.bidirectional else 1
+        return [[VariantWeights(*w[:4]) for w in dirs] for dirs in
+                split_flat_weights(self._flat_weights, self.num_layers, D, self.bias)]
+
+
+class _Zoneout:
+    """The ``zoneout=p`` keyword of the fused LSTM and GRU (Krueger et al. 2016; 0 = off):
+    a plain attribute, so ``state_dict`` and the rest stay torch.nn's."""
+
+    def _set_zoneout(self, zoneout) -> None:
+        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not 0 <= zoneout < 1:
+            raise ValueError(f"zoneout must be a probability in [0, 1), got {zoneout!r}")
+        if zoneout > 0 and getattr(self, "proj_size", 0) > 0:
+            raise ValueError(f"zoneout={zoneout} with proj_size={self.proj_size} is not supported: "
+                             "zoneout needs proj_size=0")
+        self.zoneout = float(zoneout)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        zoneout = getattr(self, "zoneout", 0.0)  # absent from modules pickled before it
+        return s + f", zoneout={zoneout}" if zoneout else s
+
+
+class LSTM(_Zoneout, _FusedRecurrence, torch.nn.RNNBase):
+    __doc__ = ("Fused drop-in for :class:`torch.nn.LSTM` (same arguments and parameters), "
+               "plus ``zoneout=p`` (keyword, default 0).")
 
     def __init__(self, *args, **kwargs):
+        zoneout = kwargs.pop("zoneout", 0.0)
         super().__init__("LSTM", *args, **kwargs)
+        self._set_zoneout(zoneout)
 
 
-class GRU(_FusedRecurrence, torch.nn.RNNBase):
-    __doc__ = "Fused drop-in for :class:`torch.nn.GRU` (same arguments and parameters)."
+class GRU(_Zoneout, _FusedRecurrence, torch.nn.RNNBase):
+    __doc__ = ("Fused drop-in for :class:`torch.nn.GRU` (same arguments and parameters), "
+               "plus ``zoneout=p`` (keyword, default 0).")
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        zoneout = kwargs.pop("zoneout", 0.0)
         super().__init__("GRU", *args, **kwargs)
+        self._set_zoneout(zoneout)
 
 
 class RNN(_FusedRecurrence, torch.nn.RNNBase):

@@ -1,0 +1,181 @@
+"""Variant rows of the benchmarks: ``LayerNormLSTM`` on each fused backend with the variants
+op against its plain-PyTorch implementation, forward and forward+backward.
+
+The plain implementation is a fair one, as a user would write it: the input projection and
+its layer norm for all steps at once (one GEMM, one ``F.layer_norm``), then the per-step
+loop with ``F.layer_norm``; autograd for backward. It uses the module's own parameters.
+
+Shared by ``benchmarks/run.py`` (``--ops variants``) and ``benchmarks/test_bench_variants.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+import fused_rnn
+from fused_rnn import backends
+
+from .cases import Shape
+from .measure import time_ms
+
+VARIANT = "layernorm_lstm"
+MODES = ("fwd", "fwd+bwd")
+PLAIN = "plain-pytorch"
+FUSED_PREFIX = "fused_rnn:"
+SHAPES = (Shape(T=100, B=64, I=256, H=256),)  # the issue's case
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantCase:
+    shape: Shape
+    mode: str
+
+    @property
+    def id(self) -> str:
+        return f"{VARIANT}-{self.shape.label.replace(' ', '-')}-{self.mode}"
+
+
+def all_cases(shapes=SHAPES, modes=MODES) -> list:
+    return [VariantCase(s, m) for s in shapes for m in modes]
+
+
+def implementation_names(fused_backends) -> list:
+    """The plain loop, then each given backend that has the variants op."""
+    return [PLAIN] + [FUSED_PREFIX + b for b in fused_backends
+                      if "variants" in backends.get_backend(b).modules]
+
+
+@dataclasses.dataclass
+class Workload:
+    module: torch.nn.Module  # LayerNormLSTM, one layer; the plain loop reads its parameters
+    x: torch.Tensor  # [T, B, I], a leaf requiring grad
+    dy: torch.Tensor  # [T, B, H]
+
+
+def build_workload(shape: Shape, device="cpu", dtype=torch.float32, seed: int = 0) -> Workload:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    module = fused_rnn.LayerNormLSTM(shape.I, shape.H).to(device, dtype)
+    with torch.no_grad():  # gains and shifts away from 1 and 0, as after training
+        for name, p in module.named_parameters():
+            if name.startswith("layer_norm_"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen).to(device, dtype))
+    x = torch.randn(shape.T, shape.B, shape.I, generator=gen).to(device, dtype)
+    dy = torch.randn(shape.T, shape.B, shape.H, generator=gen).to(device, dtype)
+    return Workload(module, x.requires_grad_(), dy)
+
+
+def plain_layer_norm_lstm(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Layer 0 of LayerNormLSTM ``m`` on x [T, B, I] from zero state: output [T, B, H]."""
+    H = m.hidden_size
+    gi = F.layer_norm(F.linear(x, m.weight_ih_l0), (4 * H,), m.layer_norm_ih_l0) + m.bias_ih_l0
+    h = x.new_zeros(x.shape[1], H)
+    c = torch.zeros_like(h)
+    ys = []
+    for t in range(x.shape[0]):
+        a = gi[t] + F.layer_norm(F.linear(h, m.weight_hh_l0), (4 * H,), m.layer_norm_hh_l0,
+                                 m.bias_hh_l0)
+        i, f, g, o = a.chunk(4, 1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * F.layer_norm(c, (H,), m.layer_norm_c_weight_l0, m.layer_norm_c_bias_l0).tanh()
+        ys.append(h)
+    return torch.stack(ys)
+
+
+def forward_fn(workload: Workload, implementation: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if implementation == PLAIN:
+        return lambda x: plain_layer_norm_lstm(workload.module, x)
+    backend = implementation[len(FUSED_PREFIX):]
+
+    def fused_forward(x):
+        with fused_rnn.use_backend(backend):
+            return workload.module(x)[0]
+
+    return fused_forward
+
+
+def make_runner(workload: Workload, implementation: str, mode: str) -> Callable[[], None]:
+    forward = forward_fn(workload, implementation)
+    if mode == "fwd":
+        def run_forward():
+            with torch.no_grad():
+                forward(workload.x)
+        return run_forward
+    params = list(workload.module.parameters())
+
+    def run_forward_backward():
+        workload.x.grad = None
+        for p in params:
+            p.grad = None
+        forward(workload.x).backward(workload.dy)
+
+    return run_forward_backward
+
+
+def max_abs_diff_vs_plain(workload: Workload, implementation: str) -> float:
+    """A timed row must compute what the plain loop computes, or its time means nothing."""
+    with torch.no_grad():
+        got = forward_fn(workload, implementation)(workload.x)
+        expected = plain_layer_norm_lstm(workload.module, workload.x)
+    return (got.float() - expected.float()).abs().max().item()
+
+
+def unsupported_reason(workload: Workload, implementation: str) -> Optional[str]:
+    if implementation == PLAIN:
+        return None
+    try:
+        with torch.no_grad():
+            forward_fn(workload, implementation)(workload.x)
+    except fused_rnn.BackendError as err:
+        return str(err)
+    return None
+
+
+def measure_rows(fused_backends, device: torch.device, dtype: torch.dtype, warmup: int,
+                 repeats: int, shapes=SHAPES) -> list:
+    """One row per (case, implementation), every implementation timed in this process;
+    ``vs_plain`` is the row's median time over the plain loop's (below 1 = faster)."""
+    rows = []
+    for shape in shapes:
+        workload = build_workload(shape, device, dtype)
+        for mode in MODES:
+            for implementation in implementation_names(fused_backends):
+                row = {"variant": VARIANT, "T": shape.T, "B": shape.B, "I": shape.I,
+                       "H": shape.H, "mode": mode, "implementation": implementation}
+                reason = unsupported_reason(workload, implementation)
+                if reason:
+                    rows.append({**row, "skipped": reason})
+                    continue
+                timing = time_ms(make_runner(workload, implementation, mode), device, warmup,
+                                 repeats)
+                row.update(median_ms=timing.median_ms, min_ms=timing.min_ms,
+                           max_ms=timing.max_ms, times_ms=timing.times_ms, warmup=warmup,
+                           repeats=repeats,
+                           max_abs_diff_vs_plain=max_abs_diff_vs_plain(workload, implementation))
+                rows.append(row)
+                print(f"  {VARIANT} {shape.label} {mode:7} {implementation}: "
+                      f"{row['median_ms']:.1f} ms", file=sys.stderr, flush=True)
+    plain = {(r["T"], r["B"], r["I"], r["H"], r["mode"]): r["median_ms"] for r in rows
+             if r["implementation"] == PLAIN and "median_ms" in r}
+    for r in rows:
+        base = plain.get((r["T"], r["B"], r["I"], r["H"], r["mode"]))
+        if base and "median_ms" in r:
+            r["vs_plain"] = r["median_ms"] / base
+    return rows
+
+
+COLUMNS = (
+    ("variant", 14, lambda r: r["variant"]),
+    ("shape", 20, lambda r: f"T{r['T']} B{r['B']} I{r['I']} H{r['H']}"),
+    ("mode", 7, lambda r: r["mode"]),
+    ("implementation", 20, lambda r: r["implementation"]),
+    ("median ms", 9, lambda r: f"{r['median_ms']:.2f}"),
+    ("min ms", 8, lambda r: f"{r['min_ms']:.2f}"),
+    ("x plain", 7, lambda r: "-" if r.get("vs_plain") is None else f"{r['vs_plain']:.3f}"),
+    ("max |diff|", 10, lambda r: f"{r['max_abs_diff_vs_plain']:.1e}"),
+)

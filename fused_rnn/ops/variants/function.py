@@ -1,0 +1,154 @@
+"""The autograd Function of one variant layer and direction (LayerNorm LSTM/GRU, zoneout),
+and the functional entry that stacks layers and directions over it.
+
+The Function knows nothing of the math: forward calls the backend's ``_fwd`` and saves what
+it returns, backward hands that back to its ``_bwd`` (as ``ops/recurrence/function.py``).
+The zoneout keeps are data, not parameters: they get no gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ... import autocast, backends
+from ...functional import _check_weights, _initial_state, stack_layers
+from ..recurrence.cells import GATES, GRU, LSTM, LayerWeights
+from ..recurrence.checks import check_float_tensor, check_like, check_shape, normalize_lengths, shape_str
+from .layout import VariantWeights, draw_keeps
+
+_N_WEIGHTS = len(VariantWeights._fields)
+
+
+class VariantFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ops, mode, reverse, x, h0, c0, lengths, keep_h, keep_c, *weights):
+        w = VariantWeights(*weights)
+        y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, keep_h, keep_c,
+                                      need_saved=True)
+        ctx.ops, ctx.mode, ctx.reverse = ops, mode, reverse
+        ctx.save_for_backward(x, h0, c0, lengths, keep_h, keep_c, *w, *saved)
+        ctx.set_materialize_grads(False)
+        if keep_h is not None:
+            ctx.mark_non_differentiable(*(k for k in (keep_h, keep_c) if k is not None))
+        if mode != LSTM:
+            return y, h_n
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n=None):
+        x, h0, c0, lengths, keep_h, keep_c, *rest = ctx.saved_tensors
+        w, saved = VariantWeights(*rest[:_N_WEIGHTS]), tuple(rest[_N_WEIGHTS:])
+        if getattr(ctx.ops, "OVERWRITES_SAVED", False):
+            # As in ops/recurrence: a second backward recomputes what the first one spent.
+            if getattr(ctx, "saved_spent", False):
+                saved = ctx.ops._fwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, keep_h,
+                                     keep_c, need_saved=True)[3]
+            ctx.saved_spent = True
+        if dy is None:
+            dy = torch.zeros(x.shape[:2] + (h0.shape[-1],), dtype=x.dtype, device=x.device)
+        dx, dh0, dc0, dw = ctx.ops._bwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, keep_h,
+                                        keep_c, saved, dy, dh_n, dc_n)
+        return (None, None, None, dx, dh0, dc0, None, None, None, *dw)
+
+
+def variant_layer(ops, mode, reverse, x, h0, c0, w: VariantWeights, lengths=None,
+                  keep_h=None, keep_c=None):
+    """One layer and direction through the backend module ``ops``.
+
+    x [T, B, I]; h0, c0 [B, H] (c0 None for GRU); lengths [B] int64 or None; keep_h,
+    keep_c [T, B, H] or None. Returns ``(y [T, B, H], h_n [B, H], c_n [B, H] or None)``.
+    """
+    tensors = (x, h0, c0, *w)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return ops._fwd(mode, reverse, x, h0, c0, w, lengths, keep_h, keep_c, need_saved=False)[:3]
+    out = VariantFunction.apply(ops, mode, reverse, x, h0, c0, lengths, keep_h, keep_c, *w)
+    return out if mode == LSTM else (*out, None)
+
+
+def _check_layer_norm_weights(layers, x: torch.Tensor, mode: str) -> None:
+    """The norm gains and shifts: all present or all absent, float like x, sized G*H or H."""
+    G = GATES[mode]
+    H = layers[0][0].w_ih.shape[0] // G
+    ln = layers[0][0].layer_norm
+    wanted = {"ln_ih": ((G * H,), f"({G} * hidden_size,)"), "ln_hh": ((G * H,), f"({G} * hidden_size,)")}
+    if mode == LSTM:
+        wanted.update(ln_c_weight=((H,), "(hidden_size,)"), ln_c_bias=((H,), "(hidden_size,)"))
+    for li, dirs in enumerate(layers):
+        for d, w in enumerate(dirs):
+            where = f"weights[layer {li}{', reverse' if d else ''}]"
+            for field in ("ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias"):
+                t = getattr(w, field)
+                if (t is not None) != (ln and field in wanted):
+                    need = ("given" if ln and field in wanted else "None") + (
+                        f" ({mode} with layer norm)" if ln else " (no layer norm: ln_ih is None"
+                        " in layer 0)")
+                    raise ValueError(f"{where}.{field} must be {need}, got "
+                                     f"{'None' if t is None else 'a tensor'}")
+                if t is not None:
+                    check_float_tensor(f"{where}.{field}", t)
+                    check_like(f"{where}.{field}", t, "input", x)
+                    check_shape(f"{where}.{field}", t, *wanted[field])
+
+
+def _layer_runner(mode: str, x: torch.Tensor, w: VariantWeights, zoneout: float):
+    sizes = {"mode": mode, "input_size": w.w_ih.shape[1],
+             "hidden_size": w.w_ih.shape[0] // GATES[mode], "layer_norm": w.layer_norm,
+             "zoneout": zoneout, "batch": x.shape[1]}
+    ops = backends.select(backends.OpCall("variants", x.device, x.dtype, sizes)).ops("variants")
+    return functools.partial(variant_layer, ops, mode)
+
+
+def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_first: bool = False,
+                       dropout: float = 0.0, training: bool = False, lengths=None,
+                       zoneout: float = 0.0):
+    """Multi-layer LayerNorm LSTM/GRU and/or zoneout LSTM/GRU over padded input.
+
+    ``mode`` is ``"LSTM"`` or ``"GRU"``; ``layers`` is ``[[VariantWeights per direction]
+    per layer]`` (one direction, or two for bidirectional; ``ln_ih`` None everywhere means no
+    layer norm). input [T, B, I] ([B, T, I] if ``batch_first``); hx as torch.nn's LSTM/GRU
+    or None; ``lengths`` [B] ints in [1, T]. ``zoneout`` p in [0, 1): in training each layer
+    and direction draws Bernoulli(p) keep masks for h (and then c), in the order layer,
+    direction (inter-layer dropout draws after both directions of a layer); in evaluation
+    the keeps are p. Returns ``(output [T, B, D*H], h_n [L*D, B, H], c_n [L*D, B, H] or
+    None)``.
+
+    >>> w = VariantWeights(torch.randn(64, 8), torch.randn(64, 16), ln_ih=torch.ones(64),
+    ...                    ln_hh=torch.ones(64), ln_c_weight=torch.ones(16), ln_c_bias=torch.zeros(16))
+    >>> out, h_n, c_n = variant_recurrence("LSTM", torch.randn(5, 3, 8), None, [[w]], zoneout=0.1)
+    """
+    if mode not in (LSTM, GRU):
+        raise ValueError(f"mode must be {LSTM!r} or {GRU!r}, got {mode!r}")
+    if not isinstance(zoneout, (int, float)) or not 0 <= zoneout < 1:
+        raise ValueError(f"zoneout must be a probability in [0, 1), got {zoneout!r}")
+    check_float_tensor("input", input)
+    amp = autocast.recurrence_dtypes(mode, input, is_cell=False)
+    if amp is not None:
+        return autocast.run_cast(amp, variant_recurrence, mode, input, hx, layers,
+                                 batch_first=batch_first, dropout=dropout, training=training,
+                                 lengths=lengths, zoneout=zoneout)
+    if input.dim() != 3:
+        layout = "[B, T, input_size] (batch_first=True)" if batch_first else "[T, B, input_size]"
+        raise ValueError(f"input must be 3-D {layout}, got shape {shape_str(input.shape)}")
+    if input.shape[1 if batch_first else 0] == 0:
+        raise ValueError("input must have at least one time step (as torch.nn requires), "
+                         f"got shape {shape_str(input.shape)}")
+    x = input.transpose(0, 1) if batch_first else input
+    plain = [[LayerWeights(*w[:4]) for w in dirs] for dirs in layers]
+    _check_weights(plain, x, mode)
+    _check_layer_norm_weights(layers, x, mode)
+    h0, c0 = _initial_state(mode, hx, plain, x)
+    lengths = normalize_lengths(lengths, x.shape[1], x.shape[0])
+    run = _layer_runner(mode, x, layers[0][0], zoneout)
+    H = plain[0][0].w_hh.shape[1]
+
+    def run_layer(reverse, x, h0, c0, w, lengths):
+        keep_h, keep_c = draw_keeps(zoneout, training, (x.shape[0], x.shape[1], H), mode == LSTM, x)
+        return run(reverse, x, h0, c0, w, lengths, keep_h, keep_c)
+
+    x, h_n, c_n = stack_layers(run_layer, layers, x, h0, c0, lengths, dropout=dropout,
+                               training=training)
+    return (x.transpose(0, 1) if batch_first else x), h_n, c_n
