@@ -1,6 +1,6 @@
 """Every fused backend of the variant recurrences (LayerNorm LSTM/GRU, zoneout) against the
 reference's launchers: outputs, final states and every gradient, called directly
-(``_fwd``/``_bwd`` of ``layout.py``); fp64 gradcheck through an autograd Function; the
+(``_fwd``/``_bwd`` of ``layout.py``); fp64 gradcheck through the autograd Function; the
 cpu backend's repeatability and its checks of bad input.
 
 The reference runs in float64 on the same (rounded) inputs; fp64 backends are held to
@@ -14,6 +14,7 @@ import torch
 from fused_rnn import backends, testing
 from fused_rnn.ops.recurrence.cells import GRU, LSTM
 from fused_rnn.ops.variants import reference
+from fused_rnn.ops.variants.function import VariantFunction
 from fused_rnn.ops.variants.layout import VariantWeights, draw_keeps
 
 FUSED = [b for b in testing.testable_backends()
@@ -135,30 +136,6 @@ def test_inference_outputs_match_training_outputs(backend, mode):
         testing.assert_close(b, a, rtol=0, atol=0, name=name)
 
 
-class _Layer(torch.autograd.Function):
-    """One layer through a backend's launchers (the gradcheck's own Function: backward may run
-    more than once, so a backend that overwrites ``saved`` gets a copy)."""
-
-    @staticmethod
-    def forward(ctx, ops, mode, reverse, lengths, keep_h, keep_c, x, h0, c0, *w):
-        w = VariantWeights(*w)
-        y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, keep_h, keep_c)
-        ctx.args = (ops, mode, reverse, lengths, keep_h, keep_c)
-        ctx.save_for_backward(x, h0, c0, *w, *saved)
-        return y, h_n, c_n
-
-    @staticmethod
-    def backward(ctx, dy, dh_n, dc_n):
-        ops, mode, reverse, lengths, keep_h, keep_c = ctx.args
-        x, h0, c0, *rest = ctx.saved_tensors
-        w, saved = VariantWeights(*rest[:8]), rest[8:]
-        if getattr(ops, "OVERWRITES_SAVED", False):
-            saved = [s.clone() for s in saved]
-        dx, dh0, dc0, dw = ops._bwd(mode, reverse, x, h0, c0, w, lengths, keep_h, keep_c,
-                                    saved, dy, dh_n, dc_n if mode == LSTM else None)
-        return (None,) * 6 + (dx, dh0, dc0, *dw)
-
-
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("mode,layer_norm,zoneout,ragged,reverse", [
     (LSTM, True, "eval", True, True), (LSTM, True, "train", False, False),
@@ -170,10 +147,9 @@ def test_gradcheck_fp64(backend, mode, layer_norm, zoneout, ragged, reverse):
     leaves = [t.clone().requires_grad_() if t is not None else None
               for t in (case["x"], case["h0"], case["c0"], *case["w"])]
 
-    def f(*ts):
-        y, h_n, c_n = _Layer.apply(_ops(backend), mode, reverse, case["lengths"], case["keep_h"],
-                                   case["keep_c"], *ts)
-        return (y, h_n) if mode != LSTM else (y, h_n, c_n)
+    def f(x, h0, c0, *w):
+        return VariantFunction.apply(_ops(backend), mode, reverse, x, h0, c0, case["lengths"],
+                                     case["keep_h"], case["keep_c"], *w)
 
     assert torch.autograd.gradcheck(f, tuple(leaves), eps=1e-6, atol=1e-7, rtol=1e-6)
 
