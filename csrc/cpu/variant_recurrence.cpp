@@ -93,11 +93,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   // The input-side slots: x W_ih^T of all steps (GRU without LN: in the first 3H of 4H).
   at::Tensor P = at::empty({nT, B, s.p_ld}, opts);
   at::Tensor P2 = P.view({nT * B, s.p_ld});
-  if (s.p_ld == GH) {
-    at::mm_out(P2, x2, w.w_ih.t());
-  } else {
-    P2.narrow(1, 0, GH).copy_(at::mm(x2, w.w_ih.t()));
-  }
+  at::Tensor P_in = P2.narrow(1, 0, GH);  // BLAS writes it in place (row stride p_ld)
+  at::mm_out(P_in, x2, w.w_ih.t());
   at::Tensor rstd_p, rn, rstd_r;
   if (s.ln) {
     rstd_p = at::empty({nT, B}, opts);
