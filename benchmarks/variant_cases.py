@@ -11,6 +11,7 @@ Shared by ``benchmarks/run.py`` (``--ops variants``) and ``benchmarks/test_bench
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import sys
 from typing import Callable, Optional
 
@@ -138,28 +139,37 @@ def unsupported_reason(workload: Workload, implementation: str) -> Optional[str]
 
 def measure_rows(fused_backends, device: torch.device, dtype: torch.dtype, warmup: int,
                  repeats: int, shapes=SHAPES) -> list:
-    """One row per (case, implementation), every implementation timed in this process;
-    ``vs_plain`` is the row's median time over the plain loop's (below 1 = faster)."""
+    """One row per (case, implementation), all in this process; ``vs_plain`` is the row's
+    median time over the plain loop's (below 1 = faster). The implementations of a case take
+    turns run by run, so that a change of load on a shared machine falls on all of them."""
     rows = []
     for shape in shapes:
         workload = build_workload(shape, device, dtype)
         for mode in MODES:
+            timed = {}
             for implementation in implementation_names(fused_backends):
                 row = {"variant": VARIANT, "T": shape.T, "B": shape.B, "I": shape.I,
                        "H": shape.H, "mode": mode, "implementation": implementation}
+                rows.append(row)
                 reason = unsupported_reason(workload, implementation)
                 if reason:
-                    rows.append({**row, "skipped": reason})
-                    continue
-                timing = time_ms(make_runner(workload, implementation, mode), device, warmup,
-                                 repeats)
-                row.update(median_ms=timing.median_ms, min_ms=timing.min_ms,
-                           max_ms=timing.max_ms, times_ms=timing.times_ms, warmup=warmup,
-                           repeats=repeats,
-                           max_abs_diff_vs_plain=max_abs_diff_vs_plain(workload, implementation))
-                rows.append(row)
-                print(f"  {VARIANT} {shape.label} {mode:7} {implementation}: "
-                      f"{row['median_ms']:.1f} ms", file=sys.stderr, flush=True)
+                    row["skipped"] = reason
+                else:
+                    timed[implementation] = (row, make_runner(workload, implementation, mode))
+            for _ in range(warmup):
+                for _, run in timed.values():
+                    run()
+            times = {name: [] for name in timed}
+            for _ in range(repeats):
+                for name, (_, run) in timed.items():
+                    times[name].append(time_ms(run, device, 0, 1).times_ms[0])
+            for name, (row, _) in timed.items():
+                t = sorted(times[name])
+                row.update(median_ms=statistics.median(t), min_ms=t[0], max_ms=t[-1],
+                           times_ms=times[name], warmup=warmup, repeats=repeats,
+                           max_abs_diff_vs_plain=max_abs_diff_vs_plain(workload, name))
+                print(f"  {VARIANT} {shape.label} {mode:7} {name}: {row['median_ms']:.1f} ms",
+                      file=sys.stderr, flush=True)
     plain = {(r["T"], r["B"], r["I"], r["H"], r["mode"]): r["median_ms"] for r in rows
              if r["implementation"] == PLAIN and "median_ms" in r}
     for r in rows:

@@ -7,6 +7,7 @@ from .backends import (BackendError, available_backends, backend_report, current
 from .convert import convert
 from .modules import (GRU, LSTM, RNN, AdditiveAttention, GRUCell, LayerNormGRU, LayerNormLSTM,
                       LSTMCell, LuongAttention, RNNCell)
+from .modules.recurrent_weights import dense_to_headwise, headwise_to_dense
 
 __version__ = "0.1.0"
 
@@ -15,4 +16,5 @@ __all__ = [
     "LuongAttention", "LayerNormLSTM", "LayerNormGRU", "functional", "convert", "set_backend",
     "use_backend",
     "available_backends", "backend_report", "current_backend", "BackendError",
+    "headwise_to_dense", "dense_to_headwise",
 ]

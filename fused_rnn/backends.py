@@ -300,6 +300,7 @@ register_backend(
         name="triton",
         priority=20,
         modules={"recurrence": "fused_rnn.ops.recurrence.triton",
+                 "variants": "fused_rnn.ops.variants.triton",
                  "attention": "fused_rnn.ops.attention.triton"},
         device_types=frozenset({"cuda", "cpu"} if _TRITON_INTERPRET else {"cuda"}),
         dtypes=_FLOATS,

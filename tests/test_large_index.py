@@ -178,6 +178,18 @@ def recurrence_cases():
     yield K.projection_bwd_step_kernel, dict(base, BLOCK_B=32, BLOCK_H=32)
 
 
+def variant_cases():
+    from fused_rnn.ops.variants import triton_kernels as K
+
+    for mode in (K.LSTM_MODE, K.GRU_MODE):
+        for ln in (False, True):
+            c = dict(MODE=mode, LN=ln, KEEP_H=True, KEEP_C=mode == K.LSTM_MODE, HAS_LENGTHS=True,
+                     REVERSE=True, ACC=tl.float32, PRECISION="ieee", BLOCK_B=16, BLOCK_H=32,
+                     BLOCK_K=32)
+            yield K.variant_fwd_kernel, dict(c, SAVE=True)
+            yield K.variant_bwd_kernel, c
+
+
 def attention_cases():
     from fused_rnn.ops.attention import triton_kernels as K
 
@@ -194,8 +206,8 @@ def attention_cases():
 
 
 def analyse_all() -> dict:
-    """{"probe": {...}, "recurrence": {kernel: [lines]}, "attention": {kernel: [lines]}}."""
-    out = {"probe": {}, "recurrence": {}, "attention": {}}
+    """{"probe": {...}, "recurrence"|"variants"|"attention": {kernel: [lines]}}."""
+    out = {"probe": {}, "recurrence": {}, "variants": {}, "attention": {}}
     for kind in ("narrow", "wide", "tile"):
         consts = dict(WIDE=kind == "wide", TILE=kind == "tile", BLOCK=32)
         text = lower(_probe_kernel, _signature(_probe_kernel, consts, ("n_rows", "n_cols"),
@@ -207,13 +219,18 @@ def analyse_all() -> dict:
         sig = _signature(fn, consts, rec_ints, int_ptrs=("len_ptr",), acc_ptrs=rec_acc)
         out["recurrence"].setdefault(fn.__name__, set()).update(
             narrow_address_products(lower(fn, sig, consts)))
+    var_acc = ("dh_ptr", "dc_ptr", "cs_ptr", "gh_ptr", "act_ptr", "stat_ptr")
+    for fn, consts in variant_cases():
+        sig = _signature(fn, consts, ("B", "H", "T"), int_ptrs=("len_ptr",), acc_ptrs=var_acc)
+        out["variants"].setdefault(fn.__name__, set()).update(
+            narrow_address_products(lower(fn, sig, consts)))
     att_ints = ("Tq", "Tk", "D", "Dv", "keys_per_split", "n_split")
     att_acc = ("lse_ptr", "m_ptr", "s_ptr", "delta_ptr", "dwp_ptr", "scale_ptr", "part_ptr")
     for fn, consts in attention_cases():
         sig = _signature(fn, consts, att_ints, acc_ptrs=att_acc)
         out["attention"].setdefault(fn.__name__, set()).update(
             narrow_address_products(lower(fn, sig, consts)))
-    for family in ("recurrence", "attention"):
+    for family in ("recurrence", "variants", "attention"):
         out[family] = {k: sorted(v) for k, v in out[family].items()}
     return out
 
@@ -248,6 +265,11 @@ def test_attention_kernels_compute_offsets_in_64_bit(analysis):
 def test_recurrence_kernels_compute_offsets_in_64_bit(analysis):
     assert len(analysis["recurrence"]) == 6
     _assert_none(analysis["recurrence"])
+
+
+def test_variant_kernels_compute_offsets_in_64_bit(analysis):
+    assert set(analysis["variants"]) == {"variant_fwd_kernel", "variant_bwd_kernel"}
+    _assert_none(analysis["variants"])
 
 
 # --- C++ ---

@@ -177,3 +177,17 @@ def test_rnn_constructor_parses_like_torch_nn():
             cls(I, H, proj_size=2)
     with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
         fused_rnn.RNN(I, H, nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_functional_call_uses_the_given_weights(cls):
+    """torch.func.functional_call (MAML, ensembles, stateless training) swaps the
+    parameters; the fused module must compute with the swapped ones, as torch.nn's does."""
+    fused = getattr(fused_rnn, cls)(5, 6, num_layers=2).double()
+    ref = getattr(torch.nn, cls)(5, 6, num_layers=2).double()
+    swapped = {n: p * 1.5 for n, p in fused.named_parameters()}
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    out = torch.func.functional_call(fused, swapped, (x,))[0]
+    torch.testing.assert_close(out, torch.func.functional_call(ref, swapped, (x,))[0])
+    assert not torch.allclose(out, fused(x)[0])  # and the module's own weights afterwards
+    torch.testing.assert_close(fused(x)[0], torch.func.functional_call(ref, dict(fused.named_parameters()), (x,))[0])

@@ -263,6 +263,19 @@ def test_bad_call_arguments():
         variant_recurrence(LSTM, torch.randn(T, B, I), None, [[w]], zoneout=1.0)
 
 
+@pytest.mark.parametrize("cls", ("LayerNormLSTM", "LayerNormGRU"))
+def test_autocast_returns_torch_nn_dtype(cls):
+    """CPU bf16 autocast: computed in bf16 storage and returned in the dtype torch.nn's LSTM
+    (bf16) or GRU (fp32) returns; close to the fp32 result."""
+    m = getattr(fused_rnn, cls)(I, H, zoneout=0.2).eval()
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)[0]
+        want_dtype = getattr(torch.nn, cls.replace("LayerNorm", ""))(I, H)(x)[0].dtype
+    assert out.dtype == want_dtype
+    assert_close(out.float(), m(x)[0], rtol=5e-2, atol=5e-2, name="output")
+
+
 def _perturb_norms(m):
     """Gains and shifts away from 1 and 0, so that a gain applied wrongly shows."""
     with torch.no_grad():

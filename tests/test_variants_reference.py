@@ -170,14 +170,23 @@ def test_half_dtypes_computed_in_fp32(mode, dtype):
     half = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
     args = [half(x), half(h0), half(c0), VariantWeights(*map(half, w)), lengths, half(kh), half(kc)]
     # The oracle: fp64 on the very values the half call sees.
-    want = paper_layer(mode, False, *(None if a is None else a.double() if torch.is_tensor(a)
-                                      and a.is_floating_point() else a for a in args[:3]),
-                       VariantWeights(*(None if t is None else t.double() for t in args[3])),
-                       lengths, *(None if k is None else k.double() for k in args[5:]))
+    dbl = lambda t: None if t is None else t.double().requires_grad_()  # noqa: E731
+    want_args = [dbl(args[0]), dbl(args[1]), dbl(args[2]), VariantWeights(*map(dbl, args[3]))]
+    want = paper_layer(mode, False, *want_args, lengths,
+                       *(None if k is None else k.double() for k in args[5:]))
     y, h_n, c_n, saved = reference._fwd(mode, False, *args)
     assert y.dtype == dtype and all(s.dtype == dtype for s in saved)
     for n, a, e in zip(("y", "h_n", "c_n"), (y, h_n, c_n), want):
         assert_close(a, e, rtol=rtol, atol=atol, name=n)
+    ups = [torch.randn_like(t).to(dtype) for t in want if t is not None]
+    grads = reference._bwd(mode, False, *args, saved, *ups, *([None] if c_n is None else []))
+    leaves = [t for t in (*want_args[:3], *want_args[3]) if t is not None]
+    expected = torch.autograd.grad(sum((o * u.double()).sum() for o, u in zip(want, ups)), leaves)
+    actual = [t for t in (*grads[:3], *grads[3]) if t is not None]
+    for n, a, e in zip(_names(c0, w), actual, expected):
+        assert a.dtype == dtype, n
+        scale = e.abs().max().item()  # weight gradients sum over all steps and rows
+        assert_close(a, e, rtol=rtol, atol=atol * max(1.0, scale), name=n)
 
 
 def test_keeps_of_one_are_the_identity_and_draws_follow_the_seed():

@@ -17,24 +17,24 @@ import torch
 from ..ops.recurrence.cells import GATES
 from ..ops.variants.function import variant_recurrence
 from ..ops.variants.layout import VariantWeights
-from .rnn import _FusedRecurrence, _Zoneout
+from .rnn import _FusedRecurrence
 
 # Norm parameter name stem -> (size in units of hidden_size: gates or 1, initial value, LSTM only)
 _NORMS = {"layer_norm_ih": ("gates", 1.0, False), "layer_norm_hh": ("gates", 1.0, False),
           "layer_norm_c_weight": (1, 1.0, True), "layer_norm_c_bias": (1, 0.0, True)}
 
 
-class _LayerNormRecurrence(_Zoneout, _FusedRecurrence, torch.nn.RNNBase):
+class _LayerNormRecurrence(_FusedRecurrence, torch.nn.RNNBase):
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, device=None, dtype=None, zoneout=0.0,
-                 proj_size=0):
+                 recurrent_dropout=0.0, proj_size=0):
         name = type(self).__name__
         if proj_size:
             raise ValueError(f"proj_size is not supported by {name} (got proj_size={proj_size}); "
                              "expected 0")
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype)
-        self._set_zoneout(zoneout)
+        self._init_extras(recurrent_dropout=recurrent_dropout, zoneout=zoneout)
         G = GATES[mode]
         for stem, (units, _, lstm_only) in _NORMS.items():
             if lstm_only and mode != "LSTM":
@@ -86,7 +86,8 @@ class LayerNormLSTM(_LayerNormRecurrence):
 
     Arguments as :class:`torch.nn.LSTM` (``proj_size`` excepted), plus ``zoneout=p`` in
     [0, 1): in training each unit keeps its previous h (and, drawn apart, c) with probability
-    p; in evaluation the update is mixed with weight p. Input, ``hx`` and outputs as
+    p; in evaluation the update is mixed with weight p; and ``recurrent_dropout`` (DropConnect
+    on ``W_hh``, as the fused LSTM's). Input, ``hx`` and outputs as
     ``torch.nn.LSTM`` (PackedSequence, ``batch_first``, unbatched).
 
     >>> m = LayerNormLSTM(8, 16, num_layers=2, zoneout=0.1)

@@ -12,11 +12,14 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import functional as F
+from ..ops.recurrence.cells import GATES
 from ..ops.recurrence.cells import LSTM as _LSTM_MODE
 from ..ops.recurrence.cells import split_flat_weights
 from ..ops.variants.function import variant_recurrence
 from ..ops.variants.layout import VariantWeights
 from ..ops.recurrence.checks import check_float_tensor, shape_str
+from .recurrent_weights import (check_heads, check_recurrent_dropout, check_zoneout,
+                                drop_connect, headwise_to_dense)
 
 
 def _unbatch_hx(hx, name: str):
@@ -43,8 +46,60 @@ def _repack(output: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -
 class _FusedRecurrence:
     """``forward`` shared by LSTM, GRU and RNN: unpack, run the fused layers, pack back."""
 
+    # Off unless given (recurrent_weights.py and ops/variants/layout.py say what they do);
+    # plain attributes, so state_dict stays torch.nn's (headwise blocks aside).
+    num_heads = 1
+    recurrent_dropout = 0.0
+    zoneout = 0.0
+
+    def _init_extras(self, num_heads=1, recurrent_dropout=0.0, zoneout=0.0) -> None:
+        """Check and keep the keywords beyond torch.nn's. Headwise blocks take the place of
+        each dense ``weight_hh`` (``num_heads > 1``), drawn as torch.nn draws every weight:
+        uniform in +-1/sqrt(hidden_size)."""
+        self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
+        self.zoneout = check_zoneout(zoneout, self.proj_size)
+        self.num_heads = check_heads(num_heads, self.hidden_size)
+        if self.num_heads == 1:
+            return
+        if self.proj_size > 0:
+            raise ValueError("num_heads > 1 (headwise recurrence) does not combine with "
+                             f"proj_size > 0, got proj_size={self.proj_size}")
+        K, Hh = self.num_heads, self.hidden_size // self.num_heads
+        bound = self.hidden_size ** -0.5
+        for name in self._flat_weights_names:
+            if name.startswith("weight_hh"):
+                old = getattr(self, name)
+                blocks = torch.empty(K, GATES[self.mode] * Hh, Hh, dtype=old.dtype, device=old.device)
+                setattr(self, name, torch.nn.Parameter(blocks.uniform_(-bound, bound)))
+
+    def _forward_weights(self) -> list:
+        """``_flat_weights`` as the kernels take them: dense ``W_hh``, DropConnect applied."""
+        weights = list(self._flat_weights)
+        if self.num_heads == 1 and not (self.training and self.recurrent_dropout):
+            return weights
+        for i, name in enumerate(self._flat_weights_names):
+            if name.startswith("weight_hh"):
+                w = drop_connect(weights[i], self.recurrent_dropout, self.training)
+                weights[i] = headwise_to_dense(w) if self.num_heads > 1 else w
+        return weights
+
+    def flatten_parameters(self) -> None:
+        # cuDNN's flat weight buffer takes dense W_hh only; the fused kernels never use it.
+        if self.num_heads == 1:
+            super().flatten_parameters()
+
+    def extra_repr(self) -> str:
+        extra = [f"num_heads={self.num_heads}"] * (self.num_heads > 1)
+        extra += [f"recurrent_dropout={self.recurrent_dropout}"] * (self.recurrent_dropout > 0)
+        extra += [f"zoneout={self.zoneout}"] * (self.zoneout > 0)
+        return ", ".join([super().extra_repr()] + extra)
+
     def forward(self, input, hx=None):
         name = type(self).__name__
+        # As torch.nn's forward: torch.func.functional_call swaps the parameters, and
+        # _flat_weights must follow them (torch < 2.1 has no such hook).
+        if hasattr(self, "_update_flat_weights"):
+            self._update_flat_weights()
         lengths, unbatched, batch_first = None, False, self.batch_first
         if isinstance(input, PackedSequence):
             x, lengths = pad_packed_sequence(input)
@@ -70,61 +125,47 @@ class _FusedRecurrence:
     def _run(self, x, hx, batch_first, lengths):
         """The layers on padded input: ``(output, h_n, c_n or None)``. With zoneout, the
         variant family without layer norm (torch.nn's weights and equations otherwise)."""
-        zoneout = getattr(self, "zoneout", 0.0)
-        if zoneout > 0:
+        if self.zoneout > 0:
             return variant_recurrence(
                 self.mode, x, hx, self._variant_weights(), batch_first=batch_first,
-                dropout=self.dropout, training=self.training, lengths=lengths, zoneout=zoneout)
+                dropout=self.dropout, training=self.training, lengths=lengths,
+                zoneout=self.zoneout)
         return F.recurrence(
-            self.mode, x, hx, self._flat_weights, num_layers=self.num_layers, bias=self.bias,
+            self.mode, x, hx, self._forward_weights(), num_layers=self.num_layers, bias=self.bias,
             batch_first=batch_first, dropout=self.dropout, training=self.training,
             bidirectional=self.bidirectional, lengths=lengths)
 
     def _variant_weights(self):
-        """``[[VariantWeights per direction] per layer]`` of torch.nn's weights."""
+        """``[[VariantWeights per direction] per layer]`` of the weights the kernels take."""
         D = 2 if self.bidirectional else 1
         return [[VariantWeights(*w[:4]) for w in dirs] for dirs in
-                split_flat_weights(self._flat_weights, self.num_layers, D, self.bias)]
+                split_flat_weights(self._forward_weights(), self.num_layers, D, self.bias)]
 
 
-class _Zoneout:
-    """The ``zoneout=p`` keyword of the fused LSTM and GRU (Krueger et al. 2016; 0 = off):
-    a plain attribute, so ``state_dict`` and the rest stay torch.nn's."""
-
-    def _set_zoneout(self, zoneout) -> None:
-        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not 0 <= zoneout < 1:
-            raise ValueError(f"zoneout must be a probability in [0, 1), got {zoneout!r}")
-        if zoneout > 0 and getattr(self, "proj_size", 0) > 0:
-            raise ValueError(f"zoneout={zoneout} with proj_size={self.proj_size} is not supported: "
-                             "zoneout needs proj_size=0")
-        self.zoneout = float(zoneout)
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        zoneout = getattr(self, "zoneout", 0.0)  # absent from modules pickled before it
-        return s + f", zoneout={zoneout}" if zoneout else s
+_EXTRAS_DOC = (" Keywords beyond torch.nn's, off by default: ``num_heads`` (headwise, "
+               "block-diagonal ``W_hh``), ``recurrent_dropout`` (DropConnect on ``W_hh``), "
+               "``zoneout`` (Krueger et al. 2016); see ``fused_rnn.modules.recurrent_weights`` "
+               "and ``fused_rnn.ops.variants.layout``.")
 
 
-class LSTM(_Zoneout, _FusedRecurrence, torch.nn.RNNBase):
-    __doc__ = ("Fused drop-in for :class:`torch.nn.LSTM` (same arguments and parameters), "
-               "plus ``zoneout=p`` (keyword, default 0).")
+class LSTM(_FusedRecurrence, torch.nn.RNNBase):
+    __doc__ = "Fused drop-in for :class:`torch.nn.LSTM` (same arguments and parameters)." + _EXTRAS_DOC
 
-    def __init__(self, *args, **kwargs):
-        zoneout = kwargs.pop("zoneout", 0.0)
+    def __init__(self, *args, num_heads: int = 1, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
-        self._set_zoneout(zoneout)
+        self._init_extras(num_heads, recurrent_dropout, zoneout)
 
 
-class GRU(_Zoneout, _FusedRecurrence, torch.nn.RNNBase):
-    __doc__ = ("Fused drop-in for :class:`torch.nn.GRU` (same arguments and parameters), "
-               "plus ``zoneout=p`` (keyword, default 0).")
+class GRU(_FusedRecurrence, torch.nn.RNNBase):
+    __doc__ = "Fused drop-in for :class:`torch.nn.GRU` (same arguments and parameters)." + _EXTRAS_DOC
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, num_heads: int = 1, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        zoneout = kwargs.pop("zoneout", 0.0)
         super().__init__("GRU", *args, **kwargs)
-        self._set_zoneout(zoneout)
+        self._init_extras(num_heads, recurrent_dropout, zoneout)
 
 
 class RNN(_FusedRecurrence, torch.nn.RNNBase):

@@ -18,6 +18,7 @@ from ...functional import _check_weights, _initial_state, stack_layers
 from ..recurrence.cells import GATES, GRU, LSTM, LayerWeights
 from ..recurrence.checks import check_float_tensor, check_like, check_shape, normalize_lengths, shape_str
 from .layout import VariantWeights, draw_keeps
+from .library import compiled_variant_layer
 
 _N_WEIGHTS = len(VariantWeights._fields)
 
@@ -95,9 +96,15 @@ def _check_layer_norm_weights(layers, x: torch.Tensor, mode: str) -> None:
 
 
 def _layer_runner(mode: str, x: torch.Tensor, w: VariantWeights, zoneout: float):
+    """As ``functional._layer_runner``: custom ops under torch.compile (``library.py``),
+    with the batch size out of the backend choice, else the autograd Function."""
     sizes = {"mode": mode, "input_size": w.w_ih.shape[1],
              "hidden_size": w.w_ih.shape[0] // GATES[mode], "layer_norm": w.layer_norm,
-             "zoneout": zoneout, "batch": x.shape[1]}
+             "zoneout": zoneout}
+    if torch.compiler.is_compiling():
+        name = backends.select_name("variants", x.device.type, x.dtype, tuple(sizes.items()))
+        return functools.partial(compiled_variant_layer, name, mode)
+    sizes["batch"] = x.shape[1]
     ops = backends.select(backends.OpCall("variants", x.device, x.dtype, sizes)).ops("variants")
     return functools.partial(variant_layer, ops, mode)
 
@@ -127,7 +134,10 @@ def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_firs
     check_float_tensor("input", input)
     amp = autocast.recurrence_dtypes(mode, input, is_cell=False)
     if amp is not None:
-        return autocast.run_cast(amp, variant_recurrence, mode, input, hx, layers,
+        # As plain tuples: the cast rebuilds sequences by their type, which a NamedTuple's
+        # constructor does not take.
+        return autocast.run_cast(amp, variant_recurrence, mode, input, hx,
+                                 [[tuple(w) for w in dirs] for dirs in layers],
                                  batch_first=batch_first, dropout=dropout, training=training,
                                  lengths=lengths, zoneout=zoneout)
     if input.dim() != 3:
@@ -137,6 +147,7 @@ def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_firs
         raise ValueError("input must have at least one time step (as torch.nn requires), "
                          f"got shape {shape_str(input.shape)}")
     x = input.transpose(0, 1) if batch_first else input
+    layers = [[VariantWeights(*w) for w in dirs] for dirs in layers]
     plain = [[LayerWeights(*w[:4]) for w in dirs] for dirs in layers]
     _check_weights(plain, x, mode)
     _check_layer_norm_weights(layers, x, mode)
