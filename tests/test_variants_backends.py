@@ -4,7 +4,8 @@ reference's launchers: outputs, final states and every gradient, called directly
 cpu backend's repeatability and its checks of bad input.
 
 The reference runs in float64 on the same (rounded) inputs; fp64 backends are held to
-1e-10, fp32 to the backend's tolerance table."""
+1e-10, fp32 to the backend's tolerance table or to twice the reference's own fp32 error,
+whichever is looser."""
 
 import itertools
 
@@ -83,7 +84,12 @@ def check(backend, mode, reverse, case, dtype):
     rounded = {k: _cast(_cast(v, dtype), torch.float64) for k, v in case.items()}  # as seen
     want = run(reference, mode, reverse, rounded, torch.float64)
     rtol, atol = _tol(backend, dtype)
-    testing.assert_all_close(got, want, ("y", "h_n", "c_n") + NAMES, rtol=rtol, atol=atol)
+    # Below fp64 the rounding of a long recurrence adds up: a tensor may also be off by twice
+    # what the reference itself is off by in this dtype (flash-attention's rule).
+    own = run(reference, mode, reverse, case, dtype) if dtype != torch.float64 else want
+    for g, e, o, name in zip(got, want, own, ("y", "h_n", "c_n") + NAMES):
+        slack = 0.0 if e is None else 2 * (o.double() - e).abs().max().item()
+        testing.assert_close(g, e, rtol=rtol, atol=max(atol, slack), name=name)
 
 
 @pytest.mark.parametrize("backend", FUSED)
