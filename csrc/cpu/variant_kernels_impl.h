@@ -470,7 +470,7 @@ void gru_bwd_rows(const VariantBwd<T>& a, int64_t b0, int64_t b1) {
     if (!w.ln) continue;
     // The hidden side [da_r, da_z, da_n*r] is d4 without its third block: move it down.
     std::memcpy(d4 + 2 * H, d4 + 3 * H, sizeof(T) * H);
-    // Input side: [da_r, da_z, da_n]; rebuilt from red, which still holds it.
+    // The input side [da_r, da_z, da_n] is the first 3H of this row's reduction terms.
     ln_rows_bwd(a, b, slot, red, d4, GH, lane_sum(sp), lane_sum(qp), lane_sum(sr), lane_sum(qr));
   }
 }
