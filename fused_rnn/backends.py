@@ -248,7 +248,8 @@ register_backend(
         name="cpu",
         priority=10,
         modules={"recurrence": "fused_rnn.ops.recurrence.native",
-                 "attention": "fused_rnn.ops.attention.native"},
+                 "attention": "fused_rnn.ops.attention.native",
+                 "variants": "fused_rnn.ops.variants.native"},
         device_types=frozenset({"cpu"}),
         dtypes=frozenset({torch.float32, torch.float64}),
         tolerances={

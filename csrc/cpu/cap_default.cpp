@@ -2,3 +2,4 @@
 #define FUSED_RNN_CAP_NS cap_default
 #include "kernels_impl.h"
 #include "attention_impl.h"
+#include "variant_kernels_impl.h"

@@ -5,6 +5,7 @@
 
 #include "attention_kernels.h"
 #include "kernels.h"
+#include "variant_kernels.h"
 
 namespace fused_rnn {
 namespace cpu {
@@ -87,6 +88,24 @@ const AttnKernels<double>& attn_kernels<double>() {
     case Cap::kAvx512: return cap_avx512::attn_kernels_f64();
     case Cap::kAvx2: return cap_avx2::attn_kernels_f64();
     default: return cap_default::attn_kernels_f64();
+  }
+}
+
+template <>
+const VariantKernels<float>& variant_kernels<float>() {
+  switch (cap()) {
+    case Cap::kAvx512: return cap_avx512::variant_kernels_f32();
+    case Cap::kAvx2: return cap_avx2::variant_kernels_f32();
+    default: return cap_default::variant_kernels_f32();
+  }
+}
+
+template <>
+const VariantKernels<double>& variant_kernels<double>() {
+  switch (cap()) {
+    case Cap::kAvx512: return cap_avx512::variant_kernels_f64();
+    case Cap::kAvx2: return cap_avx2::variant_kernels_f64();
+    default: return cap_default::variant_kernels_f64();
   }
 }
 
