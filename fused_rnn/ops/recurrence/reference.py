@@ -51,6 +51,17 @@ def _active(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> Optional[torch.
     return (torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)).unsqueeze(-1)
 
 
+def _keep_past_length(m, h_new, c_new, h, c):
+    """One step's ``(h', c', y)`` where a row past its length (``m`` [B, 1] False) keeps
+    its state and emits zeros; ``m`` None: every row is active."""
+    if m is None:
+        return h_new, c_new, h_new
+    h_new = torch.where(m, h_new, h)
+    if c is not None:
+        c_new = torch.where(m, c_new, c)
+    return h_new, c_new, torch.where(m, h_new, torch.zeros_like(h_new))
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """[T, B, N] -> [T*B, N]: all steps as the rows of one GEMM."""
     return t.reshape(-1, t.shape[-1])
@@ -110,15 +121,8 @@ def _fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
     ys, hs, cs, acts, projs_in = [], [h0], [c0], [], []
     for t in range(x.shape[0]):
         h_new, c_new, saved = _cell_forward(mode, gi_all[t], h, c, w)
-        if active is not None:
-            m = active[t]
-            h_new = torch.where(m, h_new, h)
-            if c is not None:
-                c_new = torch.where(m, c_new, c)
-            ys.append(torch.where(m, h_new, torch.zeros_like(h_new)))
-        else:
-            ys.append(h_new)
-        h, c = h_new, c_new
+        h, c, y_t = _keep_past_length(None if active is None else active[t], h_new, c_new, h, c)
+        ys.append(y_t)
         if need_saved:
             hs.append(h)
             cs.append(c)

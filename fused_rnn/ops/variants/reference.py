@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..recurrence.cells import GATES, GRU, LSTM
-from ..recurrence.reference import _HALF, _active, _flat, _fp32, _gather_time, _like, _reverse_index
+from ..recurrence.reference import (_HALF, _active, _flat, _fp32, _gather_time, _keep_past_length,
+                                   _like, _reverse_index)
 from .layout import LN_EPS, VariantWeights
 
 
@@ -123,15 +124,8 @@ def _fwd(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h, keep_c, n
         h_new, c_new, saved = _step(mode, gi_all[t], h, c, w,
                                     None if keep_h is None else keep_h[t],
                                     None if keep_c is None else keep_c[t])
-        if active is not None:
-            m = active[t]
-            h_new = torch.where(m, h_new, h)
-            if c is not None:
-                c_new = torch.where(m, c_new, c)
-            ys.append(torch.where(m, h_new, torch.zeros_like(h_new)))
-        else:
-            ys.append(h_new)
-        h, c = h_new, c_new
+        h, c, y_t = _keep_past_length(None if active is None else active[t], h_new, c_new, h, c)
+        ys.append(y_t)
         if need_saved:
             hs.append(h)
             cs.append(c)
