@@ -19,13 +19,15 @@ START, END = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
 
 
 def newest_per_device() -> list:
-    """(path, data) of the newest committed result file per device (by its recorded date)."""
+    """(path, data) of the newest committed result file per device and set of ops (by its
+    recorded date): a run of ``--ops variants,decoder`` does not replace the default run's."""
     newest = {}
     for path in sorted(RESULTS.glob("*.json")):
         if path.name.startswith("latest-"):
             continue  # the runner's default output, not a committed result
         data = json.loads(path.read_text())
-        key = data["metadata"]["device"], data["metadata"]["device_name"]
+        ops = tuple(sorted(data["metadata"].get("settings", {}).get("ops", ())))
+        key = data["metadata"]["device"], data["metadata"]["device_name"], ops
         if key not in newest or data["metadata"]["date_utc"] > newest[key][1]["metadata"]["date_utc"]:
             newest[key] = (path, data)
     return [newest[k] for k in sorted(newest)]
@@ -69,6 +71,31 @@ def attention_lines(rows: list) -> list:
     return lines
 
 
+def variant_lines(rows: list) -> list:
+    fused = [r for r in rows if "variant" in r and r["implementation"] != "plain-pytorch"]
+    if not fused:
+        return []
+    lines = ["| variant | shape | mode | implementation | ms | vs plain-PyTorch loop |",
+             "|---|---|---|---|---|---|"]
+    for r in fused:
+        lines.append(f"| {r['variant']} | T{r['T']} B{r['B']} I{r['I']} H{r['H']} | {r['mode']} | "
+                     f"{r['implementation']} | {r['median_ms']:.1f} | {_ratio(r.get('vs_plain'))} |")
+    return lines
+
+
+def decoder_lines(rows: list) -> list:
+    dec = [r for r in rows if r.get("op") == "decoder"]
+    if not dec:
+        return []
+    lines = ["", "| decoder step | shape | mode | torch.nn parts us | fused us | speed-up [min, max] |",
+             "|---|---|---|---|---|---|"]
+    for r in dec:
+        lines.append(f"| {r['cell']} | B{r['B']} H{r['H']} Tk{r['Tk']} | {r['mode']} | "
+                     f"{r['torch_parts_us_per_step']:.0f} | {r['fused_us_per_step']:.0f} | "
+                     f"{r['speedup']:.2f}x [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}] |")
+    return lines
+
+
 def table() -> str:
     parts = []
     for path, data in newest_per_device():
@@ -78,7 +105,9 @@ def table() -> str:
                      f"{(m['git_commit'] or '?')[:10]}): `{path.relative_to(ROOT)}`, median of "
                      f"{m['settings']['repeats']} runs; ratios below 1 are faster / smaller.")
         parts.append("")
-        parts.extend(recurrence_lines(data["rows"]) + attention_lines(data["rows"]))
+        rows = data["rows"]
+        body = (recurrence_lines(rows) if any("cell" in r and "backend" in r for r in rows) else [])
+        parts.extend(body + attention_lines(rows) + variant_lines(rows) + decoder_lines(rows))
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 

@@ -115,7 +115,7 @@ void lstm_fwd_rows(const VariantFwd<T>& a, int64_t b0, int64_t b1) {
     if (!w.ln) {
       for_vec<T>(H, [&](int64_t j, int64_t n) {
         Vec<T> pre[4];
-        for (int q = 0; q < 4; ++q) {
+        for (int64_t q = 0; q < 4; ++q) {
           pre[q] = plus(ld(p, q * H + j, n) + ld(r, q * H + j, n), w.bias, q * H + j, n);
           if (a.save) st(pre[q], p, q * H + j, n);
         }
@@ -137,7 +137,7 @@ void lstm_fwd_rows(const VariantFwd<T>& a, int64_t b0, int64_t b1) {
     Vec<T> csum(T(0));
     for_vec<T>(H, [&](int64_t j, int64_t n) {
       Vec<T> pre[4];
-      for (int q = 0; q < 4; ++q) {
+      for (int64_t q = 0; q < 4; ++q) {
         const int64_t k = q * H + j;
         const Vec<T> rnv = (ld(r, k, n) - mr) * rr;
         if (rn) st(rnv, rn, k, n);
@@ -194,7 +194,7 @@ void gru_fwd_rows(const VariantFwd<T>& a, int64_t b0, int64_t b1) {
     const Vec<T> mr(mean_r), rr(rstd_r);
     for_vec<T>(H, [&](int64_t j, int64_t n) {
       Vec<T> xi[3], hi[3];  // input and hidden parts of r, z, n (hidden n with b_hn)
-      for (int q = 0; q < 3; ++q) {
+      for (int64_t q = 0; q < 3; ++q) {
         const int64_t k = q * H + j;
         if (w.ln) {
           const Vec<T> rnv = (ld(r, k, n) - mr) * rr;
@@ -315,7 +315,7 @@ void lstm_bwd_rows(const VariantBwd<T>& a, int64_t b0, int64_t b1) {
         st(kc ? dct * f + ld(kc, j, n) * dcv : dct * f, dc, j, n);
         const Vec<T> da[4] = {dct * g * i * (one - i), dct * cv * f * (one - f),
                               dct * i * (one - g * g), dht * tc * o * (one - o)};
-        for (int q = 0; q < 4; ++q) {
+        for (int64_t q = 0; q < 4; ++q) {
           st(da[q], p, q * H + j, n);
           st(da[q], dr, q * H + j, n);
           st(da[q], red, q * H + j, n);
@@ -328,7 +328,7 @@ void lstm_bwd_rows(const VariantBwd<T>& a, int64_t b0, int64_t b1) {
     Vec<T> csum(T(0));
     for_vec<T>(H, [&](int64_t j, int64_t n) {
       Vec<T> pre[4];
-      for (int q = 0; q < 4; ++q) {
+      for (int64_t q = 0; q < 4; ++q) {
         const int64_t k = q * H + j;
         pre[q] = plus(ld(w.ln_ih, k, n) * ld(p, k, n) + ld(w.ln_hh, k, n) * ld(rn, k, n), w.bias, k, n);
       }
@@ -378,7 +378,7 @@ void lstm_bwd_rows(const VariantBwd<T>& a, int64_t b0, int64_t b1) {
       st(kc ? dct * f + ld(kc, j, n) * dcv : dct * f, dc, j, n);
       const Vec<T> da[4] = {dct * g * i * (one - i), dct * ld(c, j, n) * f * (one - f),
                             dct * i * (one - g * g), ld(g4, 3 * H + j, n)};
-      for (int q = 0; q < 4; ++q) {
+      for (int64_t q = 0; q < 4; ++q) {
         const int64_t k = q * H + j;
         const Vec<T> pv = ld(p, k, n), rv = ld(rn, k, n), d = valid(da[q], n);
         st(da[q], g4, k, n);
@@ -423,7 +423,7 @@ void gru_bwd_rows(const VariantBwd<T>& a, int64_t b0, int64_t b1) {
       Vec<T> ar, az, xn, hn;
       if (w.ln) {
         Vec<T> xi[3], hi[3];
-        for (int q = 0; q < 3; ++q) {
+        for (int64_t q = 0; q < 3; ++q) {
           const int64_t k = q * H + j;
           xi[q] = plus(ld(w.ln_ih, k, n) * ld(p, k, n), w.bias, k, n);
           hi[q] = ld(w.ln_hh, k, n) * ld(rn, k, n);
@@ -445,16 +445,16 @@ void gru_bwd_rows(const VariantBwd<T>& a, int64_t b0, int64_t b1) {
       const Vec<T> dan = dht * (one - z) * (one - nn * nn);
       const Vec<T> d[4] = {dan * hn * rg * (one - rg), dht * (ld(h, j, n) - nn) * z * (one - z),
                            dan, dan * rg};
-      for (int q = 0; q < 4; ++q) st(d[q], red, q * H + j, n);
+      for (int64_t q = 0; q < 4; ++q) st(d[q], red, q * H + j, n);
       if (!w.ln) {
-        for (int q = 0; q < 4; ++q) st(d[q], p, q * H + j, n);
+        for (int64_t q = 0; q < 4; ++q) st(d[q], p, q * H + j, n);
         st(d[0], dr, j, n);
         st(d[1], dr, H + j, n);
         st(d[3], dr, 2 * H + j, n);
         return;
       }
-      for (int q = 0; q < 4; ++q) st(d[q], d4, q * H + j, n);
-      for (int q = 0; q < 3; ++q) {
+      for (int64_t q = 0; q < 4; ++q) st(d[q], d4, q * H + j, n);
+      for (int64_t q = 0; q < 3; ++q) {
         const int64_t k = q * H + j;
         const Vec<T> di = valid(d[q], n), dhd = valid(q == 2 ? d[3] : d[q], n);
         const Vec<T> pv = ld(p, k, n), rv = ld(rn, k, n);
