@@ -20,6 +20,20 @@ inline void check_like(const char* name, const at::Tensor& t, const char* x_name
               shape(t));
 }
 
+// Row lengths of a recurrence: int64 on the CPU, [B], each in [0, T].
+inline void check_lengths(const at::Tensor& L, int64_t B, int64_t T) {
+  TORCH_CHECK(L.device().is_cpu() && L.scalar_type() == at::kLong,
+              "fused_rnn: lengths must be an int64 CPU tensor, got ", L.scalar_type(), " on ",
+              L.device());
+  TORCH_CHECK(L.dim() == 1 && L.size(0) == B, "fused_rnn: lengths must have shape [", B,
+              "], got ", shape(L));
+  if (B > 0) {
+    const int64_t lo = L.min().item<int64_t>(), hi = L.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi <= T, "fused_rnn: lengths must lie in [0, ", T,
+                "], got values from ", lo, " to ", hi);
+  }
+}
+
 inline at::Tensor get(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
 }  // namespace fused_rnn

@@ -74,19 +74,7 @@ VSizes check_variant(int64_t mode, const Tensor& x, const Tensor& h0, const opti
     TORCH_CHECK(lstm, "fused_rnn: keep_c must be None for GRU");
     check_like("keep_c", *keep_c, "x", x, {s.T, s.B, s.H});
   }
-  if (given(lengths)) {
-    const Tensor& L = *lengths;
-    TORCH_CHECK(L.device().is_cpu() && L.scalar_type() == at::kLong,
-                "fused_rnn: lengths must be an int64 CPU tensor, got ", L.scalar_type(), " on ",
-                L.device());
-    TORCH_CHECK(L.dim() == 1 && L.size(0) == s.B, "fused_rnn: lengths must have shape [", s.B,
-                "], got ", shape(L));
-    if (s.B > 0) {
-      const int64_t lo = L.min().item<int64_t>(), hi = L.max().item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi <= s.T, "fused_rnn: lengths must lie in [0, ", s.T,
-                  "], got values from ", lo, " to ", hi);
-    }
-  }
+  if (given(lengths)) check_lengths(*lengths, s.B, s.T);
   return s;
 }
 
