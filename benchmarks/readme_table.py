@@ -58,42 +58,40 @@ def recurrence_lines(rows: list) -> list:
     return lines
 
 
+def _markdown(header: list, cells: list, blank_before: bool = True) -> list:
+    """A markdown table of ``cells`` (rows of strings) under ``header``; [] without rows."""
+    if not cells:
+        return []
+    return ([""] if blank_before else []) + [
+        "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(c) + " |" for c in cells]
+
+
 def attention_lines(rows: list) -> list:
     fused = [r for r in rows if "kind" in r and r["backend"] != "reference" and "median_ms" in r]
-    if not fused:
-        return []
-    lines = ["", "| attention | shape | mode | backend | ms | vs reference | peak memory vs reference |",
-             "|---|---|---|---|---|---|---|"]
-    for r in fused:
-        lines.append(f"| {r['kind']} | B{r['B']} Tq{r['Tq']} Tk{r['Tk']} D{r['D']} | {r['mode']} | "
-                     f"{r['backend']} | {r['median_ms']:.2f} | {_ratio(r.get('vs_reference'))} | "
-                     f"{_ratio(r.get('peak_vs_reference'))} |")
-    return lines
+    return _markdown(
+        ["attention", "shape", "mode", "backend", "ms", "vs reference", "peak memory vs reference"],
+        [[r["kind"], f"B{r['B']} Tq{r['Tq']} Tk{r['Tk']} D{r['D']}", r["mode"], r["backend"],
+          f"{r['median_ms']:.2f}", _ratio(r.get("vs_reference")),
+          _ratio(r.get("peak_vs_reference"))] for r in fused])
 
 
 def variant_lines(rows: list) -> list:
     fused = [r for r in rows if "variant" in r and r["implementation"] != "plain-pytorch"]
-    if not fused:
-        return []
-    lines = ["| variant | shape | mode | implementation | ms | vs plain-PyTorch loop |",
-             "|---|---|---|---|---|---|"]
-    for r in fused:
-        lines.append(f"| {r['variant']} | T{r['T']} B{r['B']} I{r['I']} H{r['H']} | {r['mode']} | "
-                     f"{r['implementation']} | {r['median_ms']:.1f} | {_ratio(r.get('vs_plain'))} |")
-    return lines
+    return _markdown(
+        ["variant", "shape", "mode", "implementation", "ms", "vs plain-PyTorch loop"],
+        [[r["variant"], f"T{r['T']} B{r['B']} I{r['I']} H{r['H']}", r["mode"],
+          r["implementation"], f"{r['median_ms']:.1f}", _ratio(r.get("vs_plain"))]
+         for r in fused], blank_before=False)
 
 
 def decoder_lines(rows: list) -> list:
     dec = [r for r in rows if r.get("op") == "decoder"]
-    if not dec:
-        return []
-    lines = ["", "| decoder step | shape | mode | torch.nn parts us | fused us | speed-up [min, max] |",
-             "|---|---|---|---|---|---|"]
-    for r in dec:
-        lines.append(f"| {r['cell']} | B{r['B']} H{r['H']} Tk{r['Tk']} | {r['mode']} | "
-                     f"{r['torch_parts_us_per_step']:.0f} | {r['fused_us_per_step']:.0f} | "
-                     f"{r['speedup']:.2f}x [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}] |")
-    return lines
+    return _markdown(
+        ["decoder step", "shape", "mode", "torch.nn parts us", "fused us", "speed-up [min, max]"],
+        [[r["cell"], f"B{r['B']} H{r['H']} Tk{r['Tk']}", r["mode"],
+          f"{r['torch_parts_us_per_step']:.0f}", f"{r['fused_us_per_step']:.0f}",
+          f"{r['speedup']:.2f}x [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}]"] for r in dec])
 
 
 def table() -> str:

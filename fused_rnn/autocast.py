@@ -50,7 +50,9 @@ def _cast(obj, dtype: torch.dtype):
     if isinstance(obj, torch.Tensor):
         return obj.to(dtype) if obj.is_floating_point() else obj
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_cast(o, dtype) for o in obj)
+        items = [_cast(o, dtype) for o in obj]
+        # A NamedTuple (e.g. VariantWeights) takes its fields as arguments, not an iterable.
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
     return obj
 
 

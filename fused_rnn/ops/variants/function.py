@@ -129,10 +129,7 @@ def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_firs
     check_float_tensor("input", input)
     amp = autocast.recurrence_dtypes(mode, input, is_cell=False)
     if amp is not None:
-        # As plain tuples: the cast rebuilds sequences by their type, which a NamedTuple's
-        # constructor does not take.
-        return autocast.run_cast(amp, variant_recurrence, mode, input, hx,
-                                 [[tuple(w) for w in dirs] for dirs in layers],
+        return autocast.run_cast(amp, variant_recurrence, mode, input, hx, layers,
                                  batch_first=batch_first, dropout=dropout, training=training,
                                  lengths=lengths, zoneout=zoneout)
     x = time_major_input(input, batch_first)
