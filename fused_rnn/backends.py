@@ -103,9 +103,23 @@ _context_choice: contextvars.ContextVar = contextvars.ContextVar("fused_rnn_back
 _warned: set = set()
 
 
+# select()'s answers: (choice, op, device, dtype, sizes) -> Backend. A backend's
+# availability is fixed once asked (the extension loads or not, Triton imports or not), so
+# an answer holds until the registry changes; a decoder asks twice per step (~5 us each).
+_selected: dict = {}
+_SELECTED_MAX = 4096  # distinct calls (batch and length sizes) before it starts over
+
+
 def register_backend(backend: Backend) -> Backend:
     _REGISTRY[backend.name] = backend
+    _selected.clear()
     return backend
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend registered with :func:`register_backend`."""
+    del _REGISTRY[name]
+    _selected.clear()
 
 
 def get_backend(name: str) -> Backend:
@@ -165,6 +179,17 @@ def current_backend() -> str:
 def select(call: OpCall) -> Backend:
     """The backend that runs ``call``, or :class:`BackendError` explaining why none can."""
     choice = current_backend()
+    key = (choice, call.op, call.device, call.dtype, tuple(call.sizes.items()))
+    backend = _selected.get(key)
+    if backend is None:
+        backend = _select(choice, call)
+        if len(_selected) >= _SELECTED_MAX:
+            _selected.clear()
+        _selected[key] = backend
+    return backend
+
+
+def _select(choice: str, call: OpCall) -> Backend:
     if choice != AUTO:
         _check_name(choice, allow_auto=False)
         backend = _REGISTRY[choice]

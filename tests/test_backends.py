@@ -31,7 +31,7 @@ def fake_backends():
         backends.register_backend(b)
     yield missing, fp64
     for b in (missing, fp64):
-        del backends._REGISTRY[b.name]
+        backends.unregister_backend(b.name)
         backends._warned.discard(b.name)
 
 

@@ -49,12 +49,45 @@ T* ptr(const at::Tensor& t) {
 
 at::Tensor none_like(const at::Tensor& x) { return at::empty({0}, x.options()); }
 
-// Forward panels: [W_ih | W_hh] [G*H, K] -> [panels, K, G, units], hidden units zero-padded.
-at::Tensor pack_fwd(const at::Tensor& w_hh, int64_t G, const TilePlan& p) {
-  const int64_t H = w_hh.size(0) / G, K = w_hh.size(1), Hp = p.panels * p.units;
-  at::Tensor w = w_hh.view({G, H, K});
-  if (Hp > H) w = at::constant_pad_nd(w, {0, 0, 0, Hp - H});
-  return w.view({G, p.panels, p.units, K}).permute({1, 3, 0, 2}).contiguous();
+// Forward panels: the column segments of [W_ih | W_hh] (each [G*H, K_s], contiguous) ->
+// [panels, K, G, units], hidden units zero-padded. One pass that reads each weight row in
+// order: a permute().contiguous() of their concatenation (a strided 4-D copy after a full
+// copy for the concatenation) took ~4x as long (1.7 ms at G*H = K = 768, more than a
+// decoder step).
+template <typename T>
+at::Tensor pack_fwd(const std::vector<at::Tensor>& segments, int64_t G, const TilePlan& p) {
+  const int64_t H = segments[0].size(0) / G, U = p.units;
+  int64_t K = 0;
+  for (const at::Tensor& s : segments) K += s.size(1);
+  at::Tensor out = at::empty({p.panels, K, G, U}, segments[0].options());
+  T* const dst = out.data_ptr<T>();
+  // Through a [KB, units] tile, KB columns of each row read at once: one column at a time
+  // from `units` rows a power of two apart would land on a few L1 sets.
+  constexpr int64_t KB = 16;
+  at::parallel_for(0, p.panels * G, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<T> tile(KB * U);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t panel = i / G, g = i % G;
+      const int64_t rows = std::max<int64_t>(0, std::min(U, H - panel * U));
+      std::fill(tile.begin(), tile.end(), T(0));
+      int64_t k0 = 0;
+      for (const at::Tensor& s : segments) {
+        const int64_t Ks = s.size(1);
+        const T* const src = s.data_ptr<T>() + (g * H + panel * U) * Ks;
+        for (int64_t kb = 0; kb < Ks; kb += KB) {
+          const int64_t n = std::min(KB, Ks - kb);
+          for (int64_t u = 0; u < rows; ++u) {
+            for (int64_t k = 0; k < n; ++k) tile[k * U + u] = src[u * Ks + kb + k];
+          }
+          for (int64_t k = 0; k < n; ++k) {
+            std::memcpy(dst + ((panel * K + k0 + kb + k) * G + g) * U, &tile[k * U], U * sizeof(T));
+          }
+        }
+        k0 += Ks;
+      }
+    }
+  });
+  return out;
 }
 
 // The forward panels of the last few weight pairs, kept inside a weights-unchanged scope
@@ -196,31 +229,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
 
   // Both biases folded into one vector, added in the fused pass (GRU keeps b_hn apart,
   // inside the reset product). An addmm would broadcast the bias over all T*B rows first.
+  // A plain loop: three tensor ops cost a decoder's step ~10 us.
   at::Tensor bias, b_hn;
   if (b_ih.defined()) {
-    if (gru) {
-      bias = b_ih.clone();
-      bias.narrow(0, 0, 2 * H).add_(b_hh.narrow(0, 0, 2 * H));
-      b_hn = b_hh.narrow(0, 2 * H, H).contiguous();
-    } else {
-      bias = b_ih + b_hh;
-    }
+    const at::Tensor bi = b_ih.contiguous(), bh = b_hh.contiguous();
+    bias = at::empty({GH}, opts);
+    const T *pi = bi.data_ptr<T>(), *ph = bh.data_ptr<T>();
+    T* const pb = bias.data_ptr<T>();
+    const int64_t folded = gru ? 2 * H : GH;
+    for (int64_t i = 0; i < GH; ++i) pb[i] = i < folded ? pi[i] + ph[i] : pi[i];
+    if (gru) b_hn = bh.narrow(0, 2 * H, H);
   }
   // Forward in time, no lengths, no projection: the output is the state sequence itself
   // (y[t] = h_{t+1}), so the states live in y and backward reads them from y and h0; one
   // [T, B, P] buffer fewer.
   const bool states_in_y = need_saved && !reverse && !lengths.defined() && !proj;
   const int64_t S = need_saved ? nT + 1 : 2;  // state slots: all steps, or ping-pong
+  // Without saving, step 0 reads the initial state where it lies (a decoder's one step
+  // would otherwise copy it first); slot 0 then holds it only when there is no step.
+  const bool initial_in_slot = need_saved || nT == 0;
+  const at::Tensor h0c = h0.contiguous();
+  const at::Tensor c0c = lstm ? c0.contiguous() : at::Tensor();
   at::Tensor hs;
   if (!states_in_y) {
     hs = at::empty({S, B, P}, opts);
-    hs[0].copy_(h0);
+    if (initial_in_slot) hs[0].copy_(h0);
   }
-  const at::Tensor h0c = h0.contiguous();
   at::Tensor cs;
   if (lstm) {
     cs = at::empty({S, B, H}, opts);
-    cs[0].copy_(c0);
+    if (initial_in_slot) cs[0].copy_(c0);
   }
   const int64_t A = act_count(mode);
   const at::Tensor acts = need_saved && A ? at::empty({nT, B, A * H}, opts) : at::Tensor();
@@ -235,13 +273,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   // Keyed on both weights; the sign of G tells the two layouts (W_hh alone with the input
   // GEMM, [W_ih | W_hh] without) apart.
   const at::Tensor w_packed = panel_cache().get(w_ih, w_hh, input_gemm ? -G : G, plan, [&] {
-    return pack_fwd(input_gemm ? w_hh : at::cat({w_ih, w_hh}, 1), G, plan);
+    return input_gemm ? pack_fwd<T>({w_hh}, G, plan) : pack_fwd<T>({w_ih, w_hh}, G, plan);
   });
   const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
 
   for (int64_t t = 0; t < nT; ++t) {
     const int64_t sp = need_saved ? t : t % 2, sn = need_saved ? t + 1 : (t + 1) % 2;
-    T* const h_prev = states_in_y ? (t ? slot<T>(y, t - 1) : h0c.data_ptr<T>()) : slot<T>(hs, sp);
+    const bool from_h0 = t == 0 && (states_in_y || !initial_in_slot);
+    T* const h_prev = from_h0 ? h0c.data_ptr<T>() : states_in_y ? slot<T>(y, t - 1) : slot<T>(hs, sp);
     T* const h_next = states_in_y ? slot<T>(y, t) : slot<T>(hs, sn);
     const int64_t yp_slot = need_saved ? t : 0;
 
@@ -256,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     a.b_hn = ptr<T>(b_hn);
     a.h_prev = h_prev;
     a.h_new = proj ? slot<T>(ypre, yp_slot) : h_next;
-    a.c_prev = lstm ? slot<T>(cs, sp) : nullptr;
+    a.c_prev = !lstm ? nullptr : t == 0 && !initial_in_slot ? c0c.data_ptr<T>() : slot<T>(cs, sp);
     a.c_new = lstm ? slot<T>(cs, sn) : nullptr;
     a.y = proj || states_in_y ? nullptr : y.data_ptr<T>();
     a.acts = acts.defined() ? slot<T>(acts, t) : nullptr;
@@ -272,8 +311,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   }
 
   const int64_t last = need_saved ? nT : nT % 2;
-  at::Tensor h_n = states_in_y ? (nT ? y[nT - 1] : h0c).clone() : hs[last].clone();
-  at::Tensor c_n = lstm ? cs[last].clone() : none_like(x);
+  // Without saving, the state buffers are this call's own: their last slot is the result.
+  at::Tensor h_n = states_in_y ? (nT ? y[nT - 1] : h0c).clone()
+                   : need_saved ? hs[last].clone() : hs[last];
+  at::Tensor c_n = !lstm ? none_like(x) : need_saved ? cs[last].clone() : cs[last];
   std::vector<at::Tensor> saved;
   if (need_saved) {
     if (A) saved.push_back(acts);
@@ -349,8 +390,9 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
   if (!proj) {
     // Fused: step t's tile GEMM adds da_h[t+1] W_hh to the pass-through part of dh.
     a.plan = k.bwd_plan(B, H);
-    const at::Tensor w_packed = pack_bwd(w_hh, a.plan);
-    a.w = w_packed.data_ptr<T>();
+    // One step (a decoder's) has no da_h[t+1] W_hh inside the loop: nothing to pack.
+    const at::Tensor w_packed = nT > 1 ? pack_bwd(w_hh, a.plan) : at::Tensor();
+    a.w = ptr<T>(w_packed);
     for (int64_t t = nT - 1; t >= 0; --t) {
       a.s.t = t;
       const bool last = t == nT - 1;

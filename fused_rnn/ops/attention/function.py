@@ -57,5 +57,9 @@ def fused_attention(ops, query, keys, values, valid, score, v, weight, scale, ne
     if compiled_backend is not None:
         return compiled_attention(compiled_backend, kind, float(scale), need_weights, query, keys,
                                   values, v, valid)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                            for t in (query, keys, values, v))):
+        # Inference (a greedy decoder's step): no graph, so no Function and nothing saved.
+        return ops._fwd(query, keys, values, valid, kind, v, float(scale), need_weights)[:2]
     return AttentionFunction.apply(ops, kind, float(scale), need_weights, query, keys, values,
                                    v, valid)
