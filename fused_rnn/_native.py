@@ -43,3 +43,23 @@ def cpu_capability() -> Optional[str]:
     import torch
 
     return torch.ops.fused_rnn.cpu_capability()
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_available() -> Optional[str]:
+    """Availability of the ``cuda`` backend (the stepwise recurrence's CUDA kernels):
+    ``None``, or the reason it cannot run."""
+    err = load_error()
+    if err is not None:
+        return err
+    import torch
+
+    if not hasattr(torch.ops.fused_rnn, "stepwise_has_cuda"):
+        return "fused_rnn._C was imported but registered no stepwise ops (stale build?)"
+    if not torch.ops.fused_rnn.stepwise_has_cuda():
+        why = ("this torch has no CUDA" if torch.version.cuda is None
+               else "fused_rnn._C was built without its CUDA kernels (nvcc not found at build time?)")
+        return f"{why}; the cuda backend needs them"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None

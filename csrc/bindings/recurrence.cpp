@@ -3,7 +3,7 @@
 //
 // Importing the Python module fused_rnn._C (an empty module) loads this library, and the
 // static initialisers of TORCH_LIBRARY register the ops.
-#include "checks.h"
+#include "recurrence_checks.h"
 
 #include "../cpu/kernels.h"
 #include "../cpu/recurrence.h"
@@ -14,72 +14,19 @@ namespace {
 using at::Tensor;
 using c10::optional;
 
-const char* mode_name(int64_t mode) {
-  switch (mode) {
-    case cpu::kLSTM: return "LSTM";
-    case cpu::kGRU: return "GRU";
-    case cpu::kRNN_TANH: return "RNN_TANH";
-    default: return "RNN_RELU";
-  }
-}
-
 void check_like_x(const char* name, const Tensor& t, const Tensor& x, at::IntArrayRef want) {
   check_like(name, t, "x", x, want);
 }
 
-struct Sizes {
-  int64_t T, B, I, G, H, P;
-};
-
-// The checks shared by forward and backward; returns the sizes.
-Sizes check_common(int64_t mode, const Tensor& x, const Tensor& h0, const optional<Tensor>& c0,
-                   const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
-                   const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
-                   const optional<Tensor>& w_hr) {
-  TORCH_CHECK(mode >= cpu::kLSTM && mode <= cpu::kRNN_RELU,
-              "fused_rnn: mode must be 0 (LSTM), 1 (GRU), 2 (RNN_TANH) or 3 (RNN_RELU), got ", mode);
-  TORCH_CHECK(x.dim() == 3, "fused_rnn: x must be 3-D [T, B, I], got shape ", shape(x));
+// check_recurrence_args, on the CPU, in float32 or float64.
+RecurrenceSizes check_common(int64_t mode, const Tensor& x, const Tensor& h0,
+                             const optional<Tensor>& c0, const optional<Tensor>& lengths,
+                             const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+                             const optional<Tensor>& b_hh, const optional<Tensor>& w_hr) {
   TORCH_CHECK(x.device().is_cpu(), "fused_rnn: x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "fused_rnn: x must be float32 or float64 on the cpu backend, got ", x.scalar_type());
-  TORCH_CHECK(x.size(0) >= 1, "fused_rnn: x must have at least one step, got shape ", shape(x));
-  Sizes s;
-  s.T = x.size(0);
-  s.B = x.size(1);
-  s.I = x.size(2);
-  s.G = cpu::gate_count(mode);
-  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % s.G == 0 && w_ih.size(1) == s.I,
-              "fused_rnn: w_ih must have shape [", s.G, " * hidden_size, ", s.I, "] for ",
-              mode_name(mode), " with input size ", s.I, ", got ", shape(w_ih));
-  s.H = w_ih.size(0) / s.G;
-  check_like_x("w_ih", w_ih, x, {s.G * s.H, s.I});
-  const bool proj = w_hr.has_value() && w_hr->defined();
-  TORCH_CHECK(!proj || mode == cpu::kLSTM, "fused_rnn: w_hr (projection) is only for LSTM, not ",
-              mode_name(mode));
-  s.P = proj ? w_hr->size(0) : s.H;
-  if (proj) {
-    TORCH_CHECK(w_hr->dim() == 2, "fused_rnn: w_hr must be 2-D [proj_size, hidden_size], got ",
-                shape(*w_hr));
-    check_like_x("w_hr", *w_hr, x, {s.P, s.H});
-  }
-  check_like_x("w_hh", w_hh, x, {s.G * s.H, s.P});
-  const bool has_b_ih = b_ih.has_value() && b_ih->defined();
-  const bool has_b_hh = b_hh.has_value() && b_hh->defined();
-  TORCH_CHECK(has_b_ih == has_b_hh, "fused_rnn: b_ih and b_hh must be given together");
-  if (has_b_ih) {
-    check_like_x("b_ih", *b_ih, x, {s.G * s.H});
-    check_like_x("b_hh", *b_hh, x, {s.G * s.H});
-  }
-  check_like_x("h0", h0, x, {s.B, s.P});
-  const bool has_c0 = c0.has_value() && c0->defined();
-  if (mode == cpu::kLSTM) {
-    TORCH_CHECK(has_c0, "fused_rnn: c0 is required for LSTM");
-    check_like_x("c0", *c0, x, {s.B, s.H});
-  } else {
-    TORCH_CHECK(!has_c0, "fused_rnn: c0 must be None for ", mode_name(mode));
-  }
-  if (lengths.has_value() && lengths->defined()) check_lengths(*lengths, s.B, s.T);
-  return s;  // any weight layout: the callers pass them on through .contiguous()
+  return check_recurrence_args(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
 }
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_forward(
@@ -100,7 +47,7 @@ std::vector<Tensor> recurrence_backward(
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
     at::TensorList saved, const Tensor& dy, const optional<Tensor>& dh_n,
     const optional<Tensor>& dc_n) {
-  const Sizes s = check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const RecurrenceSizes s = check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const size_t want = (cpu::act_count(mode) ? 1 : 0) + 1 + (mode == cpu::kLSTM ? 1 : 0) + proj;
   TORCH_CHECK(saved.size() == want, "fused_rnn: saved must hold the ", want,
@@ -118,12 +65,7 @@ std::vector<Tensor> recurrence_backward(
   for (const Tensor& t : saved) {
     TORCH_CHECK(t.is_contiguous(), "fused_rnn: saved tensors must be contiguous");
   }
-  check_like_x("dy", dy, x, {s.T, s.B, s.P});
-  if (dh_n.has_value() && dh_n->defined()) check_like_x("dh_n", *dh_n, x, {s.B, s.P});
-  if (dc_n.has_value() && dc_n->defined()) {
-    TORCH_CHECK(mode == cpu::kLSTM, "fused_rnn: dc_n must be None for ", mode_name(mode));
-    check_like_x("dc_n", *dc_n, x, {s.B, s.H});
-  }
+  check_output_grads(mode, x, s, dy, dh_n, dc_n);
   return cpu::recurrence_backward(mode, reverse, x, h0, get(c0), get(lengths), w_ih.contiguous(),
                                   w_hh.contiguous(), get(b_ih), get(b_hh),
                                   proj ? w_hr->contiguous() : Tensor(), saved.vec(), dy,
