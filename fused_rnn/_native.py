@@ -57,9 +57,9 @@ def cuda_available() -> Optional[str]:
     if not hasattr(torch.ops.fused_rnn, "stepwise_has_cuda"):
         return "fused_rnn._C was imported but registered no stepwise ops (stale build?)"
     if not torch.ops.fused_rnn.stepwise_has_cuda():
-        why = ("this torch has no CUDA" if torch.version.cuda is None
-               else "fused_rnn._C was built without its CUDA kernels (nvcc not found at build time?)")
-        return f"{why}; the cuda backend needs them"
+        if torch.version.cuda is None:
+            return "torch is a CPU-only build"
+        return "fused_rnn._C was built without its CUDA kernels (was nvcc found at build time?)"
     if not torch.cuda.is_available():
         return "no CUDA device"
     return None

@@ -287,6 +287,29 @@ register_backend(
     )
 )
 
+def _cuda_availability() -> Optional[str]:
+    from ._native import cuda_available  # imports fused_rnn._C once, on first use
+
+    return cuda_available()
+
+
+# The C++/CUDA fallback for GPUs without Triton: a cuBLAS GEMM and one fused pointwise
+# kernel per step (csrc/include/fused_rnn/recurrence_step.cuh). Below triton, which runs
+# whole sequences in one launch; auto reaches it when Triton is missing (with one warning).
+register_backend(
+    Backend(
+        name="cuda",
+        priority=15,
+        modules={"recurrence": "fused_rnn.ops.recurrence.stepwise"},
+        device_types=frozenset({"cuda"}),
+        dtypes=_FLOATS,
+        tolerances=_TOLERANCES,
+        availability=_cuda_availability,
+        build_hint="Build the extension with a CUDA build of torch and nvcc on PATH: "
+                   "`pip install --no-build-isolation -e .` in the fused_rnn checkout.",
+    )
+)
+
 # TRITON_INTERPRET=1 (read by Triton at import) runs the kernels on CPU tensors in NumPy.
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

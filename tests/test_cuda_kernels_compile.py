@@ -40,7 +40,7 @@ HEADERS = sorted(glob.glob(os.path.join(INCLUDE, "fused_rnn", "*.cuh")))
 TU = os.path.join(ROOT, "tests", "cuda_kernels.cu")
 HOST = os.path.join(ROOT, "tests", "cuda_kernels_host.cpp")
 ARCHS = ("sm_80", "sm_90")
-DTYPES = {"f": "float", "6__half": "__half", "13__nv_bfloat16": "__nv_bfloat16"}
+DTYPES = {"f": "float", "d": "double", "6__half": "__half", "13__nv_bfloat16": "__nv_bfloat16"}
 
 # The extension's nvcc flags (setup.py) plus what torch's CUDAExtension adds that matters here.
 NO_HALF_CONVERSIONS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
