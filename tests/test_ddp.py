@@ -1,8 +1,10 @@
 """DistributedDataParallel: a fused model trained by 2 gloo processes on CPU gets the
 gradients a single process gets on the concatenated batch."""
 
+import gc
 import os
 import tempfile
+import time
 
 import pytest
 import torch
@@ -55,6 +57,15 @@ def _worker(rank: int, init_file: str, out_file: str):
             loss.backward()
         if rank == 0:
             torch.save({n: p.grad for n, p in model.named_parameters()}, out_file)
+        # torch's ProcessGroupGloo destructor (run when the DDP reducer, its last owner, goes)
+        # joins gloo's threads while holding the GIL, and a gloo thread may still need the
+        # GIL to drop the Python state its last work captured: a deadlock, seen in ~1 of 5
+        # runs (torch 2.13, gloo; gdb: ~ProcessGroupGloo in join, the runloop in take_gil).
+        # Every rank's work done, and the GIL released a moment, nothing is left to drop.
+        dist.barrier()
+        time.sleep(0.5)
+        del ddp
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
