@@ -293,18 +293,34 @@ def _cuda_availability() -> Optional[str]:
     return cuda_available()
 
 
-# The C++/CUDA fallback for GPUs without Triton: a cuBLAS GEMM and one fused pointwise
-# kernel per step (csrc/include/fused_rnn/recurrence_step.cuh). Below triton, which runs
-# whole sequences in one launch; auto reaches it when Triton is missing (with one warning).
+def _cuda_refusals(call: OpCall) -> list:
+    """Attention rows hold their keys' scores on chip (ops/attention/rowwise.py)."""
+    if call.op != "attention" or "key_steps" not in call.sizes:
+        return []
+    from .ops.attention.rowwise_limits import max_keys
+
+    most = max_keys(call.dtype)
+    if call.sizes["key_steps"] <= most:
+        return []
+    return [f"its attention takes at most {most} keys per row in "
+            f"{str(call.dtype).replace('torch.', '')}, got {call.sizes['key_steps']}"]
+
+
+# The C++/CUDA fallback for GPUs without Triton (csrc/include/fused_rnn/): the recurrence
+# as a cuBLAS GEMM and one fused pointwise kernel per step, attention as one block per
+# query row. Below triton, which runs whole sequences in one launch; auto reaches it when
+# Triton is missing (with one warning).
 register_backend(
     Backend(
         name="cuda",
         priority=15,
-        modules={"recurrence": "fused_rnn.ops.recurrence.stepwise"},
+        modules={"recurrence": "fused_rnn.ops.recurrence.stepwise",
+                 "attention": "fused_rnn.ops.attention.rowwise"},
         device_types=frozenset({"cuda"}),
         dtypes=_FLOATS,
         tolerances=_TOLERANCES,
         availability=_cuda_availability,
+        extra_reasons=_cuda_refusals,
         build_hint="Build the extension with a CUDA build of torch and nvcc on PATH: "
                    "`pip install --no-build-isolation -e .` in the fused_rnn checkout.",
     )

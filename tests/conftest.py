@@ -18,6 +18,23 @@ def _seed_and_isolate():
     fused_rnn.set_backend(None)
 
 
+@pytest.fixture
+def cuda_host():
+    """The cuda backend's ops on CPU tensors, as a backend of its own (the registry's
+    ``cuda`` takes CUDA tensors only): the kernels' per-element functions run on host
+    threads, so their loops are tested without a GPU (tests/test_stepwise_recurrence.py,
+    tests/test_rowwise_attention.py)."""
+    from fused_rnn import backends
+
+    cuda = backends.get_backend("cuda")
+    backends.register_backend(backends.Backend(
+        name="cuda_host", priority=-1, modules=dict(cuda.modules),
+        device_types=frozenset({"cpu"}), dtypes=frozenset({torch.float32, torch.float64}),
+        tolerances=backends.get_backend("cpu").tolerances))
+    yield "cuda_host"
+    backends.unregister_backend("cuda_host")
+
+
 @pytest.fixture(params=testable_backends())
 def backend(request):
     """Each backend available on this machine, forced for the test's duration."""

@@ -2,9 +2,11 @@
 // sm_90: every header of csrc/include/fused_rnn, one explicit instantiation of each
 // launcher per production dtype (float, __half, __nv_bfloat16; fp32 accumulation), and the
 // extension's own launcher file (csrc/cuda/*.cu, which adds float64).
+#include "fused_rnn/attention_row.cuh"
 #include "fused_rnn/cell_math.cuh"
 #include "fused_rnn/recurrence_step.cuh"
 
+#include "../csrc/cuda/attention_launch.cu"
 #include "../csrc/cuda/recurrence_launch.cu"
 
 namespace fused_rnn {

@@ -6,10 +6,11 @@ On CPU tensors the ops run the kernels' per-element functions on host threads, s
 GPU everything but the launch is exercised: the loops, the GEMMs around the kernels, the
 saved layout, the gate gradients written over the saved activations, the row order of
 reversed rows. Where the cuda backend is available (a GPU and a CUDA build), the same checks
-run on CUDA tensors too, in half precision as well. The module grid runs on CPU through a
-backend registered here for the purpose (``stepwise_host``).
+run on CUDA tensors too, in half precision as well. The module grid runs on CPU through
+the ``cuda_host`` backend of conftest.py.
 """
 
+import glob
 import os
 import shutil
 import subprocess
@@ -37,19 +38,6 @@ DEVICE_DTYPES = [pytest.param("cpu", d, id=f"cpu-{d}") for d in ("fp64", "fp32")
     for d in ("fp64", "fp32", "fp16", "bf16")]
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16,
           "bf16": torch.bfloat16}
-
-
-@pytest.fixture
-def stepwise_host():
-    """The stepwise ops as a CPU backend (the registry's ``cuda`` backend takes CUDA tensors
-    only), for the tests written against a backend name."""
-    name = "stepwise_host"
-    backends.register_backend(backends.Backend(
-        name=name, priority=-1, modules={"recurrence": "fused_rnn.ops.recurrence.stepwise"},
-        device_types=frozenset({"cpu"}), dtypes=frozenset({torch.float32, torch.float64}),
-        tolerances=backends.get_backend("cpu").tolerances))
-    yield name
-    backends.unregister_backend(name)
 
 
 @pytest.mark.parametrize("device,dt", DEVICE_DTYPES)
@@ -86,18 +74,18 @@ def test_layer_matches_the_reference(device, dt, mode, reverse, lengths, proj, b
 
 
 @pytest.mark.parametrize("mode,reverse,lengths,proj,bias", [c for c in CASES if c.values[4]])
-def test_gradcheck_float64(stepwise_host, mode, reverse, lengths, proj, bias):
-    per_layer.test_gradcheck_float64(stepwise_host, mode, reverse, lengths, proj, bias)
+def test_gradcheck_float64(cuda_host, mode, reverse, lengths, proj, bias):
+    per_layer.test_gradcheck_float64(cuda_host, mode, reverse, lengths, proj, bias)
 
 
 @pytest.mark.parametrize("mode", [LSTM, GRU, RNN_TANH])
-def test_second_backward_recomputes_the_spent_activations(stepwise_host, mode):
+def test_second_backward_recomputes_the_spent_activations(cuda_host, mode):
     per_layer.test_second_backward_through_a_retained_graph_gives_the_same_gradients(
-        stepwise_host, mode)
+        cuda_host, mode)
 
 
-def test_inference_saves_nothing(stepwise_host):
-    per_layer.test_inference_saves_nothing_for_backward(stepwise_host)
+def test_inference_saves_nothing(cuda_host):
+    per_layer.test_inference_saves_nothing_for_backward(cuda_host)
 
 
 def _module_grid():
@@ -109,10 +97,10 @@ def _module_grid():
 
 
 @pytest.mark.parametrize("mode,proj,form,dt", list(_module_grid()))
-def test_module_matches_torch(stepwise_host, mode, proj, form, dt):
+def test_module_matches_torch(cuda_host, mode, proj, form, dt):
     """Two layers, both directions: the modules' parity grid on the stepwise loops."""
-    with backends.use_backend(stepwise_host):
-        modules.test_module_matches_torch(stepwise_host, mode, 2, True, False, proj, form, dt)
+    with backends.use_backend(cuda_host):
+        modules.test_module_matches_torch(cuda_host, mode, 2, True, False, proj, form, dt)
 
 
 def _ops_args(mode=LSTM, dtype=torch.float64):
@@ -123,7 +111,7 @@ def _ops_args(mode=LSTM, dtype=torch.float64):
 def test_bad_arguments_are_named():
     (x, h0, c0), w = _ops_args()
     ops = torch.ops.fused_rnn
-    with pytest.raises(RuntimeError, match="x must be float32 or float64 for the stepwise"):
+    with pytest.raises(RuntimeError, match="the cuda backend's ops take float32 or float64"):
         ops.stepwise_recurrence_forward(0, False, x.half(), h0.half(), c0.half(), None,
                                         *(t.half() for t in w), None, True)
     with pytest.raises(RuntimeError, match=r"h0 must have shape \[3, 7\]"):
@@ -149,19 +137,24 @@ def test_the_cuda_backend_says_why_it_is_missing():
         assert "CUDA" in reason
 
 
-def test_the_binding_compiles_with_its_cuda_path():
-    """The CUDA half of stepwise_recurrence.cpp (stream, device guard, launchers, half
-    storage) is built only with a CUDA torch: compile it here too, against the same torch
-    headers (it needs no CUDA header), warnings as errors."""
+def _cuda_bindings():
+    paths = sorted(glob.glob(os.path.join(ROOT, "csrc", "bindings", "*.cpp")))
+    return [p for p in paths if "FUSED_RNN_WITH_CUDA" in open(p).read()]
+
+
+@pytest.mark.parametrize("path", _cuda_bindings(), ids=os.path.basename)
+def test_the_bindings_compile_with_their_cuda_path(path):
+    """The CUDA half of a binding (stream, device guard, launchers, half storage) is built
+    only with a CUDA torch: compile it here too, against the same torch headers (it needs
+    no CUDA header), warnings as errors."""
     from torch.utils import cpp_extension
 
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if cxx is None:
-        pytest.skip("no C++ compiler (CXX, c++, g++) to compile the binding")
+        pytest.skip("no C++ compiler (CXX, c++, g++) to compile the bindings")
     system = cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]
     cmd = [cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
            "-DFUSED_RNN_WITH_CUDA", *(a for p in system for a in ("-isystem", p)),
-           "-I", os.path.join(ROOT, "csrc", "include"),
-           os.path.join(ROOT, "csrc", "bindings", "stepwise_recurrence.cpp")]
+           "-I", os.path.join(ROOT, "csrc", "include"), path]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, " ".join(cmd) + "\n" + proc.stderr[-4000:]

@@ -9,17 +9,14 @@
 //
 // This file is built by the host compiler against torch's core headers only (no ATen/cuda,
 // which a CPU build of torch lacks): the stream comes from c10's device-generic interface.
+#include "device_dispatch.h"
 #include "recurrence_checks.h"
 
 #include "../stepwise/recurrence_loop.h"
 
 #include <algorithm>
-#include <type_traits>
 
 #ifdef FUSED_RNN_WITH_CUDA
-#include <c10/core/DeviceGuard.h>
-#include <c10/core/impl/DeviceGuardImplInterface.h>
-
 #include "fused_rnn/recurrence_launch.h"
 #endif
 
@@ -60,8 +57,6 @@ struct HostPoints {
   }
 };
 
-Tensor opt(const optional<Tensor>& t) { return t.has_value() && t->defined() ? t->contiguous() : Tensor(); }
-
 // The saved tensors forward returned (see recurrence_loop.h), checked against the sizes.
 void check_saved(int64_t mode, const Tensor& x, const RecurrenceSizes& s, bool proj,
                  at::TensorList saved) {
@@ -85,83 +80,39 @@ void check_saved(int64_t mode, const Tensor& x, const RecurrenceSizes& s, bool p
   if (proj) want_saved("saved[y_pre]", {s.T, s.B, s.H}, x.scalar_type());
 }
 
-// f(T{}, A{}) for x's dtype: host storage types as recurrence_launch.h names them.
-template <typename F>
-auto with_dtype(const Tensor& x, bool on_cuda, const F& f) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return f(float{}, float{});
-    case at::kDouble: return f(double{}, double{});
-#ifdef FUSED_RNN_WITH_CUDA
-    case at::kHalf:
-      if (on_cuda) return f(cuda::half_storage{}, float{});
-      break;
-    case at::kBFloat16:
-      if (on_cuda) return f(cuda::bfloat16_storage{}, float{});
-      break;
-#endif
-    default: break;
-  }
-  TORCH_CHECK(false, "fused_rnn: x must be float32 or float64", on_cuda ? ", float16 or bfloat16" : "",
-              " for the stepwise recurrence on ", x.device(), ", got ", x.scalar_type());
-}
-
 #ifdef FUSED_RNN_WITH_CUDA
 template <typename T, typename A>
 struct CudaPoints {
   void* stream;
-  static void check(int error) {
-    TORCH_CHECK(error == 0, "fused_rnn: a CUDA step kernel failed to launch: ",
-                cuda::launch_error_string(error));
+  void fwd(int mode, const cuda::FwdStepArgs<T, A>& a) const {
+    check_launch(cuda::launch_fwd_step(mode, a, stream), "recurrence step");
   }
-  void fwd(int mode, const cuda::FwdStepArgs<T, A>& a) const { check(cuda::launch_fwd_step(mode, a, stream)); }
-  void bwd(int mode, const cuda::BwdStepArgs<T, A>& a) const { check(cuda::launch_bwd_step(mode, a, stream)); }
+  void bwd(int mode, const cuda::BwdStepArgs<T, A>& a) const {
+    check_launch(cuda::launch_bwd_step(mode, a, stream), "recurrence step backward");
+  }
   void proj_fwd_post(const cuda::ProjFwdPostArgs<T>& a) const {
-    check(cuda::launch_projection_fwd_post(a, stream));
+    check_launch(cuda::launch_projection_fwd_post(a, stream), "projection step");
   }
   void proj_bwd_pre(const cuda::ProjBwdPreArgs<T, A>& a) const {
-    check(cuda::launch_projection_bwd_pre(a, stream));
+    check_launch(cuda::launch_projection_bwd_pre(a, stream), "projection step backward");
   }
 };
-
-void* current_stream(const at::Device& device) {
-  return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(device).native_handle();
-}
 #endif
-
-// g(points) with the step runner of x's device for storage T, accumulation A.
-template <typename T, typename A, typename G>
-auto with_points(const Tensor& x, const G& g) {
-#ifdef FUSED_RNN_WITH_CUDA
-  if constexpr (!std::is_floating_point<T>::value) {  // half storage: CUDA only (with_dtype)
-    return g(CudaPoints<T, A>{current_stream(x.device())});
-  } else {
-    if (x.is_cuda()) return g(CudaPoints<T, A>{current_stream(x.device())});
-    return g(HostPoints<T, A>{});
-  }
-#else
-  return g(HostPoints<T, A>{});
-#endif
-}
-
-void check_device(const Tensor& x) {
-  TORCH_CHECK(x.is_cpu() || x.is_cuda(), "fused_rnn: x must be a CPU or CUDA tensor, got ",
-              x.device());
-}
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
     int64_t mode, bool reverse, const Tensor& x_, const Tensor& h0, const optional<Tensor>& c0,
     const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
     bool need_saved) {
-  check_device(x_);
+  check_device(x_, "x");
   check_recurrence_args(mode, x_, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
   const c10::DeviceGuard guard(x_.device());
   const Tensor x = x_.contiguous();
   const Tensor len = lengths.has_value() && lengths->defined() ? lengths->to(x.device()) : Tensor();
-  return with_dtype(x, x.is_cuda(), [&](auto t, auto a) {
+  return with_storage(x, [&](auto t, auto a) {
     using T = decltype(t);
     using A = decltype(a);
-    return with_points<T, A>(x, [&](const auto& points) {
+    return with_runner<T, A, HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(x, [&](const auto& points) {
       return stepwise::forward<T, A>(int(mode), reverse, x, h0.contiguous(), opt(c0), len,
                                      w_ih.contiguous(), w_hh.contiguous(), opt(b_ih), opt(b_hh),
                                      opt(w_hr), need_saved, points);
@@ -175,7 +126,7 @@ std::vector<Tensor> backward(int64_t mode, bool reverse, const Tensor& x_, const
                              const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
                              at::TensorList saved, const Tensor& dy, const optional<Tensor>& dh_n,
                              const optional<Tensor>& dc_n) {
-  check_device(x_);
+  check_device(x_, "x");
   const RecurrenceSizes s =
       check_recurrence_args(mode, x_, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
   const bool proj = w_hr.has_value() && w_hr->defined();
@@ -185,10 +136,10 @@ std::vector<Tensor> backward(int64_t mode, bool reverse, const Tensor& x_, const
   const Tensor x = x_.contiguous();
   const Tensor len_cpu = opt(lengths);
   const Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : Tensor();
-  return with_dtype(x, x.is_cuda(), [&](auto t, auto a) {
+  return with_storage(x, [&](auto t, auto a) {
     using T = decltype(t);
     using A = decltype(a);
-    return with_points<T, A>(x, [&](const auto& points) {
+    return with_runner<T, A, HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(x, [&](const auto& points) {
       return stepwise::backward<T, A>(int(mode), reverse, x, len, len_cpu, w_ih.contiguous(),
                                       w_hh.contiguous(), opt(b_ih).defined(), opt(w_hr),
                                       saved.vec(), dy.contiguous(), opt(dh_n), opt(dc_n), points);

@@ -64,7 +64,9 @@ at::Tensor pack_fwd(const std::vector<at::Tensor>& segments, int64_t G, const Ti
   // Through a [KB, units] tile, KB columns of each row read at once: one column at a time
   // from `units` rows a power of two apart would land on a few L1 sets.
   constexpr int64_t KB = 16;
-  at::parallel_for(0, p.panels * G, 1, [&](int64_t i0, int64_t i1) {
+  // Threads only for ~32K elements each: a small layer's weights are packed on every call.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * U));
+  at::parallel_for(0, p.panels * G, grain, [&](int64_t i0, int64_t i1) {
     std::vector<T> tile(KB * U);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t panel = i / G, g = i % G;

@@ -1,39 +1,10 @@
-// The launchers of recurrence_launch.h: its host-visible argument structs, re-typed to the
-// CUDA storage types (same layout: pointers, sizes, a flag), then recurrence_step.cuh's
-// launchers. No torch here.
-#include <cstring>
-
+// The launchers of recurrence_launch.h: its argument structs re-typed (retype.cuh), then
+// recurrence_step.cuh's launchers. No torch here.
 #include "fused_rnn/recurrence_launch.h"
+#include "retype.cuh"
 
 namespace fused_rnn {
 namespace cuda {
-namespace {
-
-template <typename T>
-struct Device {
-  using type = T;
-};
-template <>
-struct Device<half_storage> {
-  using type = __half;
-};
-template <>
-struct Device<bfloat16_storage> {
-  using type = __nv_bfloat16;
-};
-
-// Args<Host> -> Args<Device>: the same struct with the element type renamed.
-template <typename To, typename From>
-To retyped(const From& from) {
-  static_assert(sizeof(To) == sizeof(From), "argument structs must share their layout");
-  To to;
-  std::memcpy(static_cast<void*>(&to), static_cast<const void*>(&from), sizeof(To));
-  return to;
-}
-
-cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
-
-}  // namespace
 
 #define FUSED_RNN_DEFINE_LAUNCHERS(T)                                                         \
   int launch_fwd_step(int mode, const FwdStepArgs<T, acc_t<T>>& a, void* stream) {            \

@@ -26,6 +26,8 @@ namespace cuda {
 // few 1e-8, as the cpu backend's.
 FUSED_RNN_HD float exp_(float x) { return expf(x); }
 FUSED_RNN_HD double exp_(double x) { return exp(x); }
+FUSED_RNN_HD float log_(float x) { return logf(x); }
+FUSED_RNN_HD double log_(double x) { return log(x); }
 
 template <typename A>
 FUSED_RNN_HD A tanh_(A x) {
