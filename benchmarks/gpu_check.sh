@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
   python -c "import triton; print('triton', triton.__version__)" || true
   pip install --no-deps --no-build-isolation -e . 
-  python -m pytest tests -q -x -p no:cacheprovider
+  # Every failure, not the first: one GPU session should see them all.
+  python -m pytest tests -q -p no:cacheprovider -rfE || true
   python -m benchmarks.run --device cuda --quick --no-compiled --out "$out/cuda.json" --plot "$out/cuda.png"
   python -m benchmarks.run --device cuda --quick --ops recurrence --shapes 100,64,512,512 \
     1024,16,768,768 --out "$out/cuda-compiled.json" --no-plot

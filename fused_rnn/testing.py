@@ -20,8 +20,9 @@ def testable_backends() -> list:
     return backends.available_backends()
 
 
-def randn(*shape, dtype=torch.float32, device="cpu", requires_grad=False, scale=1.0):
-    """Fresh standard-normal values (never zeros), optionally a leaf requiring grad."""
+def randn(*shape, dtype=torch.float32, device=None, requires_grad=False, scale=1.0):
+    """Fresh standard-normal values (never zeros), optionally a leaf requiring grad; on
+    ``device``, else torch's default device (the tests' ``backend`` fixture sets it)."""
     t = (torch.randn(*shape, dtype=torch.float64, device=device) * scale).to(dtype)
     return t.requires_grad_(requires_grad)
 

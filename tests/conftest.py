@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -35,10 +36,26 @@ def cuda_host():
     backends.unregister_backend("cuda_host")
 
 
+if torch.cuda.is_available():  # fp32 parity with torch.nn: cuDNN's RNNs would use TF32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def _device_of(name: str) -> str:
+    types = fused_rnn.backends.get_backend(name).device_types
+    return "cpu" if "cpu" in types else sorted(types)[0]
+
+
 @pytest.fixture(params=testable_backends())
 def backend(request):
-    """Each backend available on this machine, forced for the test's duration."""
-    with fused_rnn.use_backend(request.param):
+    """Each backend available on this machine, forced for the test's duration, with the
+    default device one it runs on: the CPU where it can, else (triton and cuda on a GPU
+    machine) CUDA, so that every tensor and module the test makes without naming a device
+    is on the GPU."""
+    device = _device_of(request.param)
+    # torch.device(...) as a context is a TorchFunctionMode: kept off the CPU runs.
+    default_device = contextlib.nullcontext() if device == "cpu" else torch.device(device)
+    with fused_rnn.use_backend(request.param), default_device:
         yield request.param
 
 

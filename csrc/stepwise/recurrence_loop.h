@@ -30,6 +30,16 @@ T* ptr(const Tensor& t) {
   return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
 }
 
+// The sizes of a layer: T steps, B rows, G*H gates, H units, P state size.
+struct Sizes {
+  int64_t T, B, GH, H, P;
+  bool lstm, gru, proj;
+  Sizes(int mode, const Tensor& x, const Tensor& w_ih, const Tensor& w_hr)
+      : T(x.size(0)), B(x.size(1)), GH(w_ih.size(0)), H(GH / cuda::gate_count(mode)),
+        P(w_hr.defined() ? w_hr.size(0) : H), lstm(mode == cuda::kLSTM), gru(mode == cuda::kGRU),
+        proj(w_hr.defined()) {}
+};
+
 // Loop-order row (t, b) -> natural-order row: pos(t, b) * B + b, on `device`; undefined
 // when the two orders agree (forward in time). pos is its own inverse, so the same index
 // gathers either way.
@@ -52,10 +62,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
     int mode, bool reverse, const Tensor& x, const Tensor& h0, const Tensor& c0,
     const Tensor& lengths, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
     const Tensor& b_hh, const Tensor& w_hr, bool need_saved, const Points& points) {
-  const int64_t nT = x.size(0), B = x.size(1);
-  const int64_t G = cuda::gate_count(mode), GH = w_ih.size(0), H = GH / G;
-  const bool lstm = mode == cuda::kLSTM, gru = mode == cuda::kGRU, proj = w_hr.defined();
-  const int64_t P = proj ? w_hr.size(0) : H;
+  const Sizes z(mode, x, w_ih, w_hr);
+  const int64_t nT = z.T, B = z.B, GH = z.GH, H = z.H, P = z.P;
+  const bool lstm = z.lstm, gru = z.gru, proj = z.proj;
   const auto opts = x.options();
   const at::ScalarType acc_type = c10::CppTypeToScalarType<A>::value;
   const auto acc = opts.dtype(acc_type);
@@ -123,10 +132,9 @@ std::vector<Tensor> backward(int mode, bool reverse, const Tensor& x, const Tens
                              bool has_bias, const Tensor& w_hr, const std::vector<Tensor>& saved,
                              const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
                              const Points& points) {
-  const int64_t nT = x.size(0), B = x.size(1), I = x.size(2);
-  const int64_t G = cuda::gate_count(mode), GH = w_ih.size(0), H = GH / G;
-  const bool lstm = mode == cuda::kLSTM, gru = mode == cuda::kGRU, proj = w_hr.defined();
-  const int64_t P = proj ? w_hr.size(0) : H;
+  const Sizes z(mode, x, w_ih, w_hr);
+  const int64_t nT = z.T, B = z.B, I = x.size(2), GH = z.GH, H = z.H, P = z.P;
+  const bool lstm = z.lstm, gru = z.gru, proj = z.proj;
   const auto opts = x.options();
   const at::ScalarType acc_type = c10::CppTypeToScalarType<A>::value;
   const auto acc = opts.dtype(acc_type);

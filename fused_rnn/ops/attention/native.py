@@ -17,25 +17,34 @@ if _err is not None:
 _ops = torch.ops.fused_rnn
 
 
-def _fwd(q, k, values, valid, kind, v, scale, need_weights):
-    """q [B, Tq, D]; k [B, Tk, D]; values [B, Tk, Dv]; valid [B, Tk] bool or None.
+def extension_launchers(forward: str, backward: str):
+    """``(_fwd, _bwd)`` over the extension's ops named ``forward``/``backward`` (this
+    schema: the cpu backend's ``attention_*``, the cuda backend's ``rowwise_attention_*``)."""
+    forward_op, backward_op = getattr(_ops, forward), getattr(_ops, backward)
 
-    Returns ``(context [B, Tq, Dv], weights [B, Tq, Tk] or None, saved)``.
-    """
-    q, k, values = q.contiguous(), k.contiguous(), values.contiguous()
-    mask = None if valid is None else valid.contiguous()
-    ctx, w, lse = _ops.attention_forward(q, k, values, None, mask, v, kind == "additive",
-                                         float(scale), bool(need_weights))
-    return ctx, (w if need_weights else None), (lse,)
+    def _fwd(q, k, values, valid, kind, v, scale, need_weights):
+        """q [B, Tq, D]; k [B, Tk, D]; values [B, Tk, Dv]; valid [B, Tk] bool or None.
+
+        Returns ``(context [B, Tq, Dv], weights [B, Tq, Tk] or None, saved)``.
+        """
+        q, k, values = q.contiguous(), k.contiguous(), values.contiguous()
+        mask = None if valid is None else valid.contiguous()
+        ctx, w, lse = forward_op(q, k, values, None, mask, v, kind == "additive", float(scale),
+                                 bool(need_weights))
+        return ctx, (w if need_weights else None), (lse,)
+
+    def _bwd(q, k, values, valid, kind, v, scale, saved, dctx, dweights):
+        """Returns ``(dq, dk, dvalues, dv or None)``."""
+        q, k, values = q.contiguous(), k.contiguous(), values.contiguous()
+        mask = None if valid is None else valid.contiguous()
+        dq, dk, dvals, dv = backward_op(q, k, values, None, mask, v, kind == "additive",
+                                        float(scale), saved[0], dctx, dweights)
+        return dq, dk, dvals, (dv if kind == "additive" else None)
+
+    return _fwd, _bwd
 
 
-def _bwd(q, k, values, valid, kind, v, scale, saved, dctx, dweights):
-    """Returns ``(dq, dk, dvalues, dv or None)``."""
-    q, k, values = q.contiguous(), k.contiguous(), values.contiguous()
-    mask = None if valid is None else valid.contiguous()
-    dq, dk, dvals, dv = _ops.attention_backward(q, k, values, None, mask, v, kind == "additive",
-                                                float(scale), saved[0], dctx, dweights)
-    return dq, dk, dvals, (dv if kind == "additive" else None)
+_fwd, _bwd = extension_launchers("attention_forward", "attention_backward")
 
 
 def saved_like(q, k, values, valid, kind, v, scale, need_weights):

@@ -27,32 +27,41 @@ if _err is not None:
 _ops = torch.ops.fused_rnn
 
 
-def _fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
-    """x [T, B, I]; h0 [B, P]; c0 [B, H] (LSTM) or None; lengths [B] int64 (CPU) or None.
+def extension_launchers(forward: str, backward: str):
+    """``(_fwd, _bwd)`` over the extension's ops named ``forward``/``backward`` (this
+    schema: the cpu backend's ``recurrence_*``, the cuda backend's ``stepwise_recurrence_*``)."""
+    forward_op, backward_op = getattr(_ops, forward), getattr(_ops, backward)
 
-    Returns ``y [T, B, P]``, ``h_n [B, P]``, ``c_n [B, H]`` or None, and ``saved``
-    (empty unless ``need_saved``).
-    """
-    y, h_n, c_n, saved = _ops.recurrence_forward(
-        MODES[mode], bool(reverse), x, h0, c0, lengths, *w, bool(need_saved))
-    return y, h_n, (c_n if mode == LSTM else None), tuple(saved)
+    def _fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
+        """x [T, B, I]; h0 [B, P]; c0 [B, H] (LSTM) or None; lengths [B] int64 (CPU) or None.
+
+        Returns ``y [T, B, P]``, ``h_n [B, P]``, ``c_n [B, H]`` or None, and ``saved``
+        (empty unless ``need_saved``).
+        """
+        y, h_n, c_n, saved = forward_op(
+            MODES[mode], bool(reverse), x, h0, c0, lengths, *w, bool(need_saved))
+        return y, h_n, (c_n if mode == LSTM else None), tuple(saved)
+
+    def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc_n):
+        """dy [T, B, P]; dh_n [B, P] or None; dc_n [B, H] or None.
+
+        Returns ``(dx, dh0, dc0, LayerWeights of gradients)``, None where the input is None.
+        """
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = backward_op(
+            MODES[mode], bool(reverse), x, h0, c0, lengths, *w, list(saved), dy, dh_n, dc_n)
+        grads = LayerWeights(
+            w_ih=dw_ih,
+            w_hh=dw_hh,
+            b_ih=None if w.b_ih is None else db_ih,
+            b_hh=None if w.b_hh is None else db_hh,
+            w_hr=None if w.w_hr is None else dw_hr,
+        )
+        return dx, dh0, (dc0 if mode == LSTM else None), grads
+
+    return _fwd, _bwd
 
 
-def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc_n):
-    """dy [T, B, P]; dh_n [B, P] or None; dc_n [B, H] or None.
-
-    Returns ``(dx, dh0, dc0, LayerWeights of gradients)``, None where the input is None.
-    """
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _ops.recurrence_backward(
-        MODES[mode], bool(reverse), x, h0, c0, lengths, *w, list(saved), dy, dh_n, dc_n)
-    grads = LayerWeights(
-        w_ih=dw_ih,
-        w_hh=dw_hh,
-        b_ih=None if w.b_ih is None else db_ih,
-        b_hh=None if w.b_hh is None else db_hh,
-        w_hr=None if w.w_hr is None else dw_hr,
-    )
-    return dx, dh0, (dc0 if mode == LSTM else None), grads
+_fwd, _bwd = extension_launchers("recurrence_forward", "recurrence_backward")
 
 
 def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
