@@ -15,7 +15,7 @@ import torch
 from fused_rnn import backends, testing
 from fused_rnn.ops.recurrence.cells import GRU, LSTM
 from fused_rnn.ops.variants import reference
-from fused_rnn.ops.variants.function import VariantFunction
+from fused_rnn.ops.recurrence.function import LayerFunction
 from fused_rnn.ops.variants.layout import VariantWeights, draw_keeps
 
 FUSED = [b for b in testing.testable_backends()
@@ -154,8 +154,8 @@ def test_gradcheck_fp64(backend, mode, layer_norm, zoneout, ragged, reverse):
               for t in (case["x"], case["h0"], case["c0"], *case["w"])]
 
     def f(x, h0, c0, *w):
-        return VariantFunction.apply(_ops(backend), mode, reverse, x, h0, c0, case["lengths"],
-                                     case["keep_h"], case["keep_c"], *w)
+        return LayerFunction.apply(_ops(backend), mode, reverse, VariantWeights, 2, x, h0, c0,
+                                   case["lengths"], case["keep_h"], case["keep_c"], *w)
 
     assert torch.autograd.gradcheck(f, tuple(leaves), eps=1e-6, atol=1e-7, rtol=1e-6)
 

@@ -1,4 +1,5 @@
-"""The autograd Function of one recurrence layer and direction.
+"""The autograd Function of one layer and direction, for every recurrent family (the plain
+cells here, the variants of ``ops/variants``).
 
 It knows nothing of the math: forward calls the backend's ``_fwd`` and saves what it
 returns, backward hands that back to the backend's ``_bwd``. The first backward of a
@@ -29,13 +30,22 @@ def saved_for_backward(ctx, saved: tuple, refill) -> tuple:
     return saved
 
 
-class RecurrenceFunction(torch.autograd.Function):
+class LayerFunction(torch.autograd.Function):
+    """One layer and direction of any recurrent family: the plain cells (``LayerWeights``)
+    and the variants (``VariantWeights``, whose zoneout keeps come as ``extras``).
+
+    ``apply(ops, mode, reverse, weights_type, n_extras, x, h0, c0, lengths, *extras,
+    *weights)``; the backend's launchers take ``(mode, reverse, x, h0, c0, w, lengths,
+    *extras, ...)``. The extras are data (no gradient), as the lengths."""
+
     @staticmethod
-    def forward(ctx, ops, mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr):
-        w = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
-        y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved=True)
-        ctx.ops, ctx.mode, ctx.reverse, ctx.n_saved = ops, mode, reverse, len(saved)
-        ctx.save_for_backward(x, h0, c0, lengths, *w, *saved)
+    def forward(ctx, ops, mode, reverse, weights_type, n_extras, x, h0, c0, lengths, *rest):
+        extras, w = tuple(rest[:n_extras]), weights_type(*rest[n_extras:])
+        y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, *extras,
+                                      need_saved=True)
+        ctx.ops, ctx.mode, ctx.reverse = ops, mode, reverse
+        ctx.weights_type, ctx.n_extras, ctx.n_weights = weights_type, n_extras, len(w)
+        ctx.save_for_backward(x, h0, c0, lengths, *extras, *w, *saved)
         ctx.set_materialize_grads(False)
         if mode != LSTM:
             return y, h_n
@@ -45,14 +55,27 @@ class RecurrenceFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, lengths, *rest = ctx.saved_tensors
-        w, saved = LayerWeights(*rest[:5]), tuple(rest[5:])
+        n, m = ctx.n_extras, ctx.n_extras + ctx.n_weights
+        extras, w, saved = tuple(rest[:n]), ctx.weights_type(*rest[n:m]), tuple(rest[m:])
         saved = saved_for_backward(ctx, saved, lambda: ctx.ops._fwd(
-            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, need_saved=True)[3])
+            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, *extras, need_saved=True)[3])
         if dy is None:
             dy = torch.zeros(x.shape[:2] + (h0.shape[-1],), dtype=x.dtype, device=x.device)
-        dx, dh0, dc0, dw = ctx.ops._bwd(
-            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, saved, dy, dh_n, dc_n)
-        return (None, None, None, dx, dh0, dc0, None, *dw)
+        dx, dh0, dc0, dw = ctx.ops._bwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, *extras,
+                                        saved, dy, dh_n, dc_n)
+        return (None,) * 5 + (dx, dh0, dc0, None) + (None,) * n + tuple(dw)
+
+
+def run_layer(ops, mode, reverse, x, h0, c0, w, lengths=None, extras=()):
+    """One layer and direction through the backend module ``ops``: its launchers directly
+    when nothing needs a gradient (nothing is saved), else :class:`LayerFunction`.
+    Returns ``(y, h_n, c_n or None)``."""
+    tensors = (x, h0, c0, *w)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return ops._fwd(mode, reverse, x, h0, c0, w, lengths, *extras, need_saved=False)[:3]
+    out = LayerFunction.apply(ops, mode, reverse, type(w), len(extras), x, h0, c0, lengths,
+                              *extras, *w)
+    return out if mode == LSTM else (*out, None)
 
 
 def recurrence_layer(ops, mode, reverse, x, h0, c0, w: LayerWeights, lengths=None):
@@ -61,9 +84,4 @@ def recurrence_layer(ops, mode, reverse, x, h0, c0, w: LayerWeights, lengths=Non
     x [T, B, I]; h0 [B, P]; c0 [B, H] for LSTM, else None; lengths [B] int64 or None.
     Returns ``(y [T, B, P], h_n [B, P], c_n [B, H] or None)``.
     """
-    tensors = (x, h0, c0, *w)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
-        # Inference: no graph, so nothing is saved for a backward that will not come.
-        return ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved=False)[:3]
-    out = RecurrenceFunction.apply(ops, mode, reverse, x, h0, c0, lengths, *w)
-    return out if mode == LSTM else (*out, None)
+    return run_layer(ops, mode, reverse, x, h0, c0, w, lengths)

@@ -1,9 +1,8 @@
 """The autograd Function of one variant layer and direction (LayerNorm LSTM/GRU, zoneout),
 and the functional entry that stacks layers and directions over it.
 
-The Function knows nothing of the math: forward calls the backend's ``_fwd`` and saves what
-it returns, backward hands that back to its ``_bwd`` (as ``ops/recurrence/function.py``).
-The zoneout keeps are data, not parameters: they get no gradient.
+The layer runs through the recurrence's autograd Function (``ops/recurrence/function.py``),
+which knows nothing of the math; the zoneout keeps are data passed along, with no gradient.
 """
 
 from __future__ import annotations
@@ -11,58 +10,24 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ... import autocast, backends
 from ...functional import _check_weights, _initial_state, stack_layers, time_major_input
 from ..recurrence.cells import GATES, GRU, LSTM, LayerWeights
-from ..recurrence.function import saved_for_backward
+from ..recurrence.function import run_layer
 from ..recurrence.checks import check_float_tensor, check_like, check_shape, normalize_lengths
 from .layout import VariantWeights, draw_keeps
 from .library import compiled_variant_layer
 
-_N_WEIGHTS = len(VariantWeights._fields)
-
-
-class VariantFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, ops, mode, reverse, x, h0, c0, lengths, keep_h, keep_c, *weights):
-        w = VariantWeights(*weights)
-        y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, keep_h, keep_c,
-                                      need_saved=True)
-        ctx.ops, ctx.mode, ctx.reverse = ops, mode, reverse
-        ctx.save_for_backward(x, h0, c0, lengths, keep_h, keep_c, *w, *saved)
-        ctx.set_materialize_grads(False)
-        if mode != LSTM:
-            return y, h_n
-        return y, h_n, c_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n, dc_n=None):
-        x, h0, c0, lengths, keep_h, keep_c, *rest = ctx.saved_tensors
-        w, saved = VariantWeights(*rest[:_N_WEIGHTS]), tuple(rest[_N_WEIGHTS:])
-        saved = saved_for_backward(ctx, saved, lambda: ctx.ops._fwd(
-            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, keep_h, keep_c, need_saved=True)[3])
-        if dy is None:
-            dy = torch.zeros(x.shape[:2] + (h0.shape[-1],), dtype=x.dtype, device=x.device)
-        dx, dh0, dc0, dw = ctx.ops._bwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, keep_h,
-                                        keep_c, saved, dy, dh_n, dc_n)
-        return (None, None, None, dx, dh0, dc0, None, None, None, *dw)
-
-
 def variant_layer(ops, mode, reverse, x, h0, c0, w: VariantWeights, lengths=None,
                   keep_h=None, keep_c=None):
-    """One layer and direction through the backend module ``ops``.
+    """One layer and direction through the backend module ``ops`` (the recurrence's
+    :class:`~fused_rnn.ops.recurrence.function.LayerFunction`, the keeps as its extras).
 
     x [T, B, I]; h0, c0 [B, H] (c0 None for GRU); lengths [B] int64 or None; keep_h,
     keep_c [T, B, H] or None. Returns ``(y [T, B, H], h_n [B, H], c_n [B, H] or None)``.
     """
-    tensors = (x, h0, c0, *w)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
-        return ops._fwd(mode, reverse, x, h0, c0, w, lengths, keep_h, keep_c, need_saved=False)[:3]
-    out = VariantFunction.apply(ops, mode, reverse, x, h0, c0, lengths, keep_h, keep_c, *w)
-    return out if mode == LSTM else (*out, None)
+    return run_layer(ops, mode, reverse, x, h0, c0, w, lengths, (keep_h, keep_c))
 
 
 def _check_layer_norm_weights(layers, x: torch.Tensor, mode: str) -> None:
