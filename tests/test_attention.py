@@ -399,3 +399,30 @@ def test_module_need_weights_false(backend, name):
     ctx2, w2 = m(q, k, lengths=torch.tensor([7, 3]))
     assert w is None and w2.shape == (2, 7)
     torch.testing.assert_close(ctx, ctx2)
+
+
+@pytest.mark.parametrize("score", ["additive", "general"])
+def test_strided_parameters_read_as_their_values(backend, score):
+    """v (or the general score's weight) given as a strided view: the kernels read their
+    argument densely, so a binding must hand them a contiguous copy (a strided v was read
+    with the wrong stride before; found in review)."""
+    query, keys, values, v, weight = make_inputs(score, torch.float64)
+    kwargs, _ = make_valid("mask")
+    if score == "additive":
+        wide = torch.stack([v.detach(), torch.randn_like(v)], 1).requires_grad_()
+        strided = {"v": wide[:, 0]}
+        dense = {"v": v}
+    else:
+        wide = torch.stack([weight.detach(), torch.randn_like(weight)], 2).requires_grad_()
+        strided = {"weight": wide[..., 0]}
+        dense = {"weight": weight}
+    assert not next(iter(strided.values())).is_contiguous()
+    got = attention(query, keys, values, score=score, **strided, **kwargs)
+    want = attention(query, keys, values, score=score, **dense, **kwargs)
+    for n, a, e in zip(("context", "weights"), got, want):
+        assert_close(a, e, rtol=1e-12, atol=1e-12, name=n)
+    up = torch.randn_like(got[0])
+    (g,) = torch.autograd.grad((got[0] * up).sum(), wide)
+    (e,) = torch.autograd.grad((want[0] * up).sum(), next(iter(dense.values())))
+    assert_close(g[..., 0] if score == "general" else g[:, 0], e, rtol=1e-12, atol=1e-12,
+                 name="d(strided parameter)")

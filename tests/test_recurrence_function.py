@@ -112,3 +112,16 @@ def test_second_backward_through_a_retained_graph_gives_the_same_gradients(backe
     second = torch.autograd.grad(loss, leaves)
     for a, e in zip(second, first):
         assert torch.equal(a, e)
+
+
+def test_strided_lengths_read_as_their_values(backend):
+    """lengths as a strided view (every other entry of a longer tensor) give what their
+    contiguous copy gives (a binding read a strided one densely before; found in review)."""
+    x, h0, c0, w, _ = make_args(GRU, False, 0, True)
+    ops = backends.get_backend(backend).ops("recurrence")
+    strided = torch.tensor([T, 0, 2, 0, 5, 0])[::2]
+    assert not strided.is_contiguous()
+    got = recurrence_layer(ops, GRU, True, x, h0, None, w, strided)
+    want = recurrence_layer(ops, GRU, True, x, h0, None, w, strided.contiguous())
+    for n, a, e in zip(("y", "h_n"), got[:2], want[:2]):
+        assert_close(a, e, rtol=0, atol=0, name=n)

@@ -63,6 +63,11 @@ def test_module_matches_oracle(cuda_host, name, vform):
     _on(cuda_host, attn.test_module_matches_oracle, name, vform)
 
 
+@pytest.mark.parametrize("score", ["additive", "general"])
+def test_strided_parameters_read_as_their_values(cuda_host, score):
+    _on(cuda_host, attn.test_strided_parameters_read_as_their_values, score)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_more_keys_than_the_kernels_hold(cuda_host, dtype):
     """The op refuses, naming the limit; the registry refuses the call first, so that auto

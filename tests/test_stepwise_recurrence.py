@@ -84,6 +84,10 @@ def test_second_backward_recomputes_the_spent_activations(cuda_host, mode):
         cuda_host, mode)
 
 
+def test_strided_lengths_read_as_their_values(cuda_host):
+    per_layer.test_strided_lengths_read_as_their_values(cuda_host)
+
+
 def test_inference_saves_nothing(cuda_host):
     per_layer.test_inference_saves_nothing_for_backward(cuda_host)
 

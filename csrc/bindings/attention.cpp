@@ -23,7 +23,8 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward(
     bool need_weights) {
   check_cpu_query(q);
   check_attention(q, k, vals, lengths, mask, v, additive);
-  return cpu::attention_forward(q, k, vals, get(lengths), get(mask), get(v), additive, scale,
+  // v may be a strided view (the kernels read it densely): opt makes it contiguous.
+  return cpu::attention_forward(q, k, vals, get(lengths), get(mask), opt(v), additive, scale,
                                 need_weights);
 }
 
@@ -35,7 +36,7 @@ std::vector<Tensor> attention_backward(
   const AttnSizes s = check_attention(q, k, vals, lengths, mask, v, additive);
   check_attention_grads(q, s, lse, q.scalar_type(), dctx, dweights);
   const bool has_dw = dweights.has_value() && dweights->defined();
-  return cpu::attention_backward(q, k, vals, get(lengths), get(mask), get(v), additive, scale,
+  return cpu::attention_backward(q, k, vals, get(lengths), get(mask), opt(v), additive, scale,
                                  lse.contiguous(), dctx.contiguous(),
                                  has_dw ? dweights->contiguous() : Tensor());
 }

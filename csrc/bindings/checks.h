@@ -36,4 +36,9 @@ inline void check_lengths(const at::Tensor& L, int64_t B, int64_t T) {
 
 inline at::Tensor get(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
+// An optional argument, contiguous, or undefined.
+inline at::Tensor opt(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
 }  // namespace fused_rnn

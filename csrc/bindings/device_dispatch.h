@@ -23,11 +23,6 @@ inline void check_device(const at::Tensor& x, const char* name) {
               x.device());
 }
 
-// An optional argument, contiguous, or undefined.
-inline at::Tensor opt(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
-}
-
 // t's elements as T (a launch type), or nullptr for an undefined tensor.
 template <typename T>
 T* data(const at::Tensor& t) {

@@ -126,11 +126,13 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
   check_device(q, "query");
   const AttnSizes s = check_attention(q, k, vals, lengths, mask, v, additive);
   const c10::DeviceGuard guard(q.device());
-  const Tensor len = opt(lengths).defined() ? opt(lengths).to(q.device()) : Tensor();
+  // Held here: the argument struct keeps raw pointers into them (v may be a strided view).
+  const Tensor v_c = opt(v), mask_c = opt(mask), len_c = opt(lengths);
+  const Tensor len = len_c.defined() ? len_c.to(q.device()) : Tensor();
   return with_storage(q, [&](auto t, auto acc) {
     using T = decltype(t);
     using A = decltype(acc);
-    cuda::AttnArgs<T, A> a = common_args<T, A>(s, q, k, vals, opt(v), opt(mask), len, additive, scale);
+    cuda::AttnArgs<T, A> a = common_args<T, A>(s, q, k, vals, v_c, mask_c, len, additive, scale);
     Tensor context = at::empty({s.B, s.Tq, s.Dv}, q.options());
     Tensor weights = need_weights ? at::empty({s.B, s.Tq, s.Tk}, q.options()) : at::empty({0}, q.options());
     Tensor lse = at::empty({s.B, s.Tq}, q.options().dtype(c10::CppTypeToScalarType<A>::value));
@@ -152,11 +154,13 @@ std::vector<Tensor> backward(const Tensor& q, const Tensor& k, const Tensor& val
   const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   check_attention_grads(q, s, lse, acc_type, dctx, dweights);
   const c10::DeviceGuard guard(q.device());
-  const Tensor len = opt(lengths).defined() ? opt(lengths).to(q.device()) : Tensor();
+  // Held here: the argument struct keeps raw pointers into them (v may be a strided view).
+  const Tensor v_c = opt(v), mask_c = opt(mask), len_c = opt(lengths);
+  const Tensor len = len_c.defined() ? len_c.to(q.device()) : Tensor();
   return with_storage(q, [&](auto t, auto acc) {
     using T = decltype(t);
     using A = decltype(acc);
-    cuda::AttnArgs<T, A> a = common_args<T, A>(s, q, k, vals, opt(v), opt(mask), len, additive, scale);
+    cuda::AttnArgs<T, A> a = common_args<T, A>(s, q, k, vals, v_c, mask_c, len, additive, scale);
     const auto opts = q.options().dtype(acc_type);
     const Tensor lse_c = lse.contiguous(), dctx_c = dctx.contiguous(), dw_c = opt(dweights);
     Tensor dq = at::empty({s.B, s.Tq, s.D}, opts), dk = at::zeros({s.B, s.Tk, s.D}, opts);

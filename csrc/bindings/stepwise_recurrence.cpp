@@ -108,7 +108,8 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
   check_recurrence_args(mode, x_, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
   const c10::DeviceGuard guard(x_.device());
   const Tensor x = x_.contiguous();
-  const Tensor len = lengths.has_value() && lengths->defined() ? lengths->to(x.device()) : Tensor();
+  const Tensor len_cpu = opt(lengths);  // contiguous: the host loop reads it densely
+  const Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : Tensor();
   return with_storage(x, [&](auto t, auto a) {
     using T = decltype(t);
     using A = decltype(a);

@@ -72,10 +72,11 @@ struct AttnArgs {
   A* dv;                   // [B, D] additive: per batch element, zeroed by the caller
 };
 
-// Shared memory per block holds three [Tk] arrays of A (backward): 48 KiB, the default
-// limit of dynamic shared memory, bounds the keys a row may have.
+// Shared memory per block holds three [Tk] arrays of A (backward) besides the 32 slots of
+// the block reductions: 48 KiB, the limit of a launch that does not opt in to more, bounds
+// the keys a row may have.
 template <typename A>
-constexpr int64_t kMaxKeys = (48 * 1024) / (3 * int64_t(sizeof(A)));
+constexpr int64_t kMaxKeys = (48 * 1024 - 32 * int64_t(sizeof(A))) / (3 * int64_t(sizeof(A)));
 
 template <typename T, typename A>
 FUSED_RNN_HD bool attends(const AttnArgs<T, A>& a, int64_t b, int64_t j) {
