@@ -118,6 +118,34 @@ cuda::AttnArgs<T, A> common_args(const AttnSizes& s, const Tensor& q, const Tens
   return a;
 }
 
+// g(args) with the arguments both directions share, typed for q's dtype, under q's device
+// guard; the tensors they point into are held for the call (v may be a strided view).
+template <typename G>
+auto with_common_args(const AttnSizes& s, const Tensor& q, const Tensor& k, const Tensor& vals,
+                      const optional<Tensor>& lengths, const optional<Tensor>& mask,
+                      const optional<Tensor>& v, bool additive, double scale, const G& g) {
+  const c10::DeviceGuard guard(q.device());
+  const Tensor v_c = opt(v), mask_c = opt(mask), len_c = opt(lengths);
+  const Tensor len = len_c.defined() ? len_c.to(q.device()) : Tensor();
+  return with_storage(q, [&](auto t, auto acc) {
+    return g(common_args<decltype(t), decltype(acc)>(s, q, k, vals, v_c, mask_c, len, additive,
+                                                     scale));
+  });
+}
+
+template <typename Args>
+void run(const Tensor& q, const Args& a, bool forward) {
+  using T = typename Args::storage;
+  using A = typename Args::accumulation;
+  with_runner<T, A, HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(q, [&](const auto& rows) {
+    if (forward) {
+      rows.forward(a);
+    } else {
+      rows.backward(a);
+    }
+  });
+}
+
 std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& vals,
                                            const optional<Tensor>& lengths,
                                            const optional<Tensor>& mask,
@@ -125,22 +153,17 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
                                            double scale, bool need_weights) {
   check_device(q, "query");
   const AttnSizes s = check_attention(q, k, vals, lengths, mask, v, additive);
-  const c10::DeviceGuard guard(q.device());
-  // Held here: the argument struct keeps raw pointers into them (v may be a strided view).
-  const Tensor v_c = opt(v), mask_c = opt(mask), len_c = opt(lengths);
-  const Tensor len = len_c.defined() ? len_c.to(q.device()) : Tensor();
-  return with_storage(q, [&](auto t, auto acc) {
-    using T = decltype(t);
-    using A = decltype(acc);
-    cuda::AttnArgs<T, A> a = common_args<T, A>(s, q, k, vals, v_c, mask_c, len, additive, scale);
+  return with_common_args(s, q, k, vals, lengths, mask, v, additive, scale, [&](auto a) {
+    using T = typename decltype(a)::storage;
+    using A = typename decltype(a)::accumulation;
     Tensor context = at::empty({s.B, s.Tq, s.Dv}, q.options());
-    Tensor weights = need_weights ? at::empty({s.B, s.Tq, s.Tk}, q.options()) : at::empty({0}, q.options());
+    Tensor weights = at::empty({need_weights ? s.B * s.Tq * s.Tk : 0}, q.options());
     Tensor lse = at::empty({s.B, s.Tq}, q.options().dtype(c10::CppTypeToScalarType<A>::value));
     a.context = data<T>(context);
     a.weights = need_weights ? data<T>(weights) : nullptr;
     a.lse = data<A>(lse);
-    with_runner<T, A, HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(q, [&](const auto& rows) { rows.forward(a); });
-    return std::make_tuple(context, weights, lse);
+    run(q, a, /*forward=*/true);
+    return std::make_tuple(context, need_weights ? weights.view({s.B, s.Tq, s.Tk}) : weights, lse);
   });
 }
 
@@ -153,16 +176,11 @@ std::vector<Tensor> backward(const Tensor& q, const Tensor& k, const Tensor& val
   const AttnSizes s = check_attention(q, k, vals, lengths, mask, v, additive);
   const at::ScalarType acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   check_attention_grads(q, s, lse, acc_type, dctx, dweights);
-  const c10::DeviceGuard guard(q.device());
-  // Held here: the argument struct keeps raw pointers into them (v may be a strided view).
-  const Tensor v_c = opt(v), mask_c = opt(mask), len_c = opt(lengths);
-  const Tensor len = len_c.defined() ? len_c.to(q.device()) : Tensor();
-  return with_storage(q, [&](auto t, auto acc) {
-    using T = decltype(t);
-    using A = decltype(acc);
-    cuda::AttnArgs<T, A> a = common_args<T, A>(s, q, k, vals, v_c, mask_c, len, additive, scale);
+  const Tensor lse_c = lse.contiguous(), dctx_c = dctx.contiguous(), dw_c = opt(dweights);
+  return with_common_args(s, q, k, vals, lengths, mask, v, additive, scale, [&](auto a) {
+    using T = typename decltype(a)::storage;
+    using A = typename decltype(a)::accumulation;
     const auto opts = q.options().dtype(acc_type);
-    const Tensor lse_c = lse.contiguous(), dctx_c = dctx.contiguous(), dw_c = opt(dweights);
     Tensor dq = at::empty({s.B, s.Tq, s.D}, opts), dk = at::zeros({s.B, s.Tk, s.D}, opts);
     Tensor dvals = at::zeros({s.B, s.Tk, s.Dv}, opts);
     Tensor dv = additive ? at::zeros({s.B, s.D}, opts) : Tensor();
@@ -173,7 +191,7 @@ std::vector<Tensor> backward(const Tensor& q, const Tensor& k, const Tensor& val
     a.dk = data<A>(dk);
     a.dvalues = data<A>(dvals);
     a.dv = data<A>(dv);
-    with_runner<T, A, HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(q, [&](const auto& rows) { rows.backward(a); });
+    run(q, a, /*forward=*/false);
     const auto st = q.scalar_type();
     return std::vector<Tensor>{dq.to(st), dk.to(st), dvals.to(st),
                                additive ? dv.sum(0).to(st) : at::empty({0}, q.options())};

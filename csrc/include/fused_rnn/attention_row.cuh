@@ -50,6 +50,8 @@ struct AttnShape {
 
 template <typename T, typename A = float>
 struct AttnArgs {
+  using storage = T;
+  using accumulation = A;
   AttnShape s;
   bool additive;
   A scale;                 // dot only
