@@ -1,6 +1,9 @@
 // torch.ops.fused_rnn.attention_forward / attention_backward: argument checks (every message
 // names the argument), then the CPU kernels of csrc/cpu/attention.h.
 #include "attention_checks.h"
+#include "schemas.h"
+
+#include <string>
 
 #include "../cpu/attention.h"
 
@@ -45,14 +48,8 @@ std::vector<Tensor> attention_backward(
 }  // namespace fused_rnn
 
 TORCH_LIBRARY_FRAGMENT(fused_rnn, m) {
-  m.def(
-      "attention_forward(Tensor query, Tensor keys, Tensor values, Tensor? lengths, "
-      "Tensor? mask, Tensor? v, bool additive, float scale, bool need_weights) "
-      "-> (Tensor, Tensor, Tensor)");
-  m.def(
-      "attention_backward(Tensor query, Tensor keys, Tensor values, Tensor? lengths, "
-      "Tensor? mask, Tensor? v, bool additive, float scale, Tensor lse, Tensor dctx, "
-      "Tensor? dweights) -> Tensor[]");
+  m.def((std::string("attention_forward") + fused_rnn::schema::kAttentionForward).c_str());
+  m.def((std::string("attention_backward") + fused_rnn::schema::kAttentionBackward).c_str());
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {

@@ -4,6 +4,9 @@
 // Importing the Python module fused_rnn._C (an empty module) loads this library, and the
 // static initialisers of TORCH_LIBRARY register the ops.
 #include "recurrence_checks.h"
+#include "schemas.h"
+
+#include <string>
 
 #include "../cpu/kernels.h"
 #include "../cpu/recurrence.h"
@@ -78,14 +81,8 @@ std::string capability() { return cpu::kernel_capability(); }
 }  // namespace fused_rnn
 
 TORCH_LIBRARY(fused_rnn, m) {
-  m.def(
-      "recurrence_forward(int mode, bool reverse, Tensor x, Tensor h0, Tensor? c0, "
-      "Tensor? lengths, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
-      "bool need_saved) -> (Tensor, Tensor, Tensor, Tensor[])");
-  m.def(
-      "recurrence_backward(int mode, bool reverse, Tensor x, Tensor h0, Tensor? c0, "
-      "Tensor? lengths, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
-      "Tensor[] saved, Tensor dy, Tensor? dh_n, Tensor? dc_n) -> Tensor[]");
+  m.def((std::string("recurrence_forward") + fused_rnn::schema::kRecurrenceForward).c_str());
+  m.def((std::string("recurrence_backward") + fused_rnn::schema::kRecurrenceBackward).c_str());
   m.def("cpu_capability() -> str", &fused_rnn::capability);
   m.def("panel_cache_scope(bool enter) -> ()", &fused_rnn::cpu::panel_cache_scope);
 }

@@ -9,6 +9,9 @@
 // Built by the host compiler against torch's core headers only, as stepwise_recurrence.cpp.
 #include "attention_checks.h"
 #include "device_dispatch.h"
+#include "schemas.h"
+
+#include <string>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -202,14 +205,9 @@ std::vector<Tensor> backward(const Tensor& q, const Tensor& k, const Tensor& val
 }  // namespace fused_rnn
 
 TORCH_LIBRARY_FRAGMENT(fused_rnn, m) {
-  m.def(
-      "rowwise_attention_forward(Tensor query, Tensor keys, Tensor values, Tensor? lengths, "
-      "Tensor? mask, Tensor? v, bool additive, float scale, bool need_weights) "
-      "-> (Tensor, Tensor, Tensor)");
-  m.def(
-      "rowwise_attention_backward(Tensor query, Tensor keys, Tensor values, Tensor? lengths, "
-      "Tensor? mask, Tensor? v, bool additive, float scale, Tensor lse, Tensor dctx, "
-      "Tensor? dweights) -> Tensor[]");
+  m.def((std::string("rowwise_attention_forward") + fused_rnn::schema::kAttentionForward).c_str());
+  m.def((std::string("rowwise_attention_backward") + fused_rnn::schema::kAttentionBackward)
+            .c_str());
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {

@@ -11,6 +11,9 @@
 // which a CPU build of torch lacks): the stream comes from c10's device-generic interface.
 #include "device_dispatch.h"
 #include "recurrence_checks.h"
+#include "schemas.h"
+
+#include <string>
 
 #include "../stepwise/recurrence_loop.h"
 
@@ -152,14 +155,10 @@ std::vector<Tensor> backward(int64_t mode, bool reverse, const Tensor& x_, const
 }  // namespace fused_rnn
 
 TORCH_LIBRARY_FRAGMENT(fused_rnn, m) {
-  m.def(
-      "stepwise_recurrence_forward(int mode, bool reverse, Tensor x, Tensor h0, Tensor? c0, "
-      "Tensor? lengths, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
-      "bool need_saved) -> (Tensor, Tensor, Tensor, Tensor[])");
-  m.def(
-      "stepwise_recurrence_backward(int mode, bool reverse, Tensor x, Tensor h0, Tensor? c0, "
-      "Tensor? lengths, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
-      "Tensor[] saved, Tensor dy, Tensor? dh_n, Tensor? dc_n) -> Tensor[]");
+  m.def((std::string("stepwise_recurrence_forward") + fused_rnn::schema::kRecurrenceForward)
+            .c_str());
+  m.def((std::string("stepwise_recurrence_backward") + fused_rnn::schema::kRecurrenceBackward)
+            .c_str());
   m.def("stepwise_has_cuda() -> bool", [] {
 #ifdef FUSED_RNN_WITH_CUDA
     return true;
