@@ -160,13 +160,14 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
     using T = typename decltype(a)::storage;
     using A = typename decltype(a)::accumulation;
     Tensor context = at::empty({s.B, s.Tq, s.Dv}, q.options());
-    Tensor weights = at::empty({need_weights ? s.B * s.Tq * s.Tk : 0}, q.options());
+    Tensor weights = need_weights ? at::empty({s.B, s.Tq, s.Tk}, q.options())
+                                  : at::empty({0}, q.options());
     Tensor lse = at::empty({s.B, s.Tq}, q.options().dtype(c10::CppTypeToScalarType<A>::value));
     a.context = data<T>(context);
     a.weights = need_weights ? data<T>(weights) : nullptr;
     a.lse = data<A>(lse);
     run(q, a, /*forward=*/true);
-    return std::make_tuple(context, need_weights ? weights.view({s.B, s.Tq, s.Tk}) : weights, lse);
+    return std::make_tuple(context, weights, lse);
   });
 }
 

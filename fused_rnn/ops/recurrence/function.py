@@ -44,7 +44,7 @@ class LayerFunction(torch.autograd.Function):
         y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, *extras,
                                       need_saved=True)
         ctx.ops, ctx.mode, ctx.reverse = ops, mode, reverse
-        ctx.weights_type, ctx.n_extras, ctx.n_weights = weights_type, n_extras, len(w)
+        ctx.weights_type, ctx.n_extras = weights_type, n_extras
         ctx.save_for_backward(x, h0, c0, lengths, *extras, *w, *saved)
         ctx.set_materialize_grads(False)
         if mode != LSTM:
@@ -55,7 +55,7 @@ class LayerFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, lengths, *rest = ctx.saved_tensors
-        n, m = ctx.n_extras, ctx.n_extras + ctx.n_weights
+        n, m = ctx.n_extras, ctx.n_extras + len(ctx.weights_type._fields)
         extras, w, saved = tuple(rest[:n]), ctx.weights_type(*rest[n:m]), tuple(rest[m:])
         saved = saved_for_backward(ctx, saved, lambda: ctx.ops._fwd(
             ctx.mode, ctx.reverse, x, h0, c0, w, lengths, *extras, need_saved=True)[3])
