@@ -1,8 +1,9 @@
-// The translation unit tests/test_cuda_kernels_compile.py compiles with nvcc for sm_80 and
+// A translation unit tests/test_cuda_kernels_compile.py compiles with nvcc for sm_80 and
 // sm_90: every header of csrc/include/fused_rnn, one explicit instantiation of each
 // launcher per production dtype (float, __half, __nv_bfloat16; fp32 accumulation), and the
 // extension's own launcher file (csrc/cuda/*.cu, which adds float64).
 #include "fused_rnn/attention_row.cuh"
+#include "fused_rnn/block.cuh"
 #include "fused_rnn/cell_math.cuh"
 #include "fused_rnn/recurrence_step.cuh"
 

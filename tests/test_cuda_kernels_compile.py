@@ -1,7 +1,8 @@
 """The torch-free CUDA kernels of ``csrc/include/fused_rnn/*.cuh``, checked without a GPU.
 
-1. Compile: ``tests/cuda_kernels.cu`` includes every header and instantiates every launcher
-   for float, __half and __nv_bfloat16; one nvcc run builds it for sm_80 and sm_90 with the
+1. Compile: the ``tests/cuda_kernels*.cu`` translation units include every header and
+   instantiate every launcher for float, __half and __nv_bfloat16; one nvcc run per unit
+   builds it for sm_80 and sm_90 with the
    extension's flags (torch's no-half-conversion macros included) and ``-Xptxas -v``. Any
    error or warning fails, and so does a kernel that spills registers or uses a stack frame.
    Skipped, saying why, only where nvcc is absent and ``FUSED_RNN_REQUIRE_NVCC`` is not set
@@ -37,7 +38,8 @@ from fused_rnn.ops.recurrence.cells import GATES, GRU, LSTM, RNN_RELU, RNN_TANH,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INCLUDE = os.path.join(ROOT, "csrc", "include")
 HEADERS = sorted(glob.glob(os.path.join(INCLUDE, "fused_rnn", "*.cuh")))
-TU = os.path.join(ROOT, "tests", "cuda_kernels.cu")
+# Every tests/cuda_kernels*.cu translation unit (one per kernel family's owner).
+TUS = sorted(glob.glob(os.path.join(ROOT, "tests", "cuda_kernels*.cu")))
 HOST = os.path.join(ROOT, "tests", "cuda_kernels_host.cpp")
 ARCHS = ("sm_80", "sm_90")
 DTYPES = {"f": "float", "d": "double", "6__half": "__half", "13__nv_bfloat16": "__nv_bfloat16"}
@@ -116,13 +118,17 @@ _COMPILED = {}
 
 
 def compile_kernels(nvcc):
-    """One nvcc run for both archs; (returncode, output, table). Cached per process."""
+    """One nvcc run per translation unit for both archs; (returncode, output, table, commands)
+    over all of them. Cached per process."""
     if "result" not in _COMPILED:
+        rc, text, cmds = 0, "", []
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [nvcc, *NVCC_FLAGS, "-I", INCLUDE, "-c", TU, "-o", os.path.join(tmp, "kernels.o")]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        text = proc.stdout + proc.stderr
-        _COMPILED["result"] = (proc.returncode, text, parse_ptxas(text), " ".join(cmd))
+            for tu in TUS:
+                cmd = [nvcc, *NVCC_FLAGS, "-I", INCLUDE, "-c", tu, "-o", os.path.join(tmp, "kernels.o")]
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                rc, text = rc or proc.returncode, text + proc.stdout + proc.stderr
+                cmds.append(" ".join(cmd))
+        _COMPILED["result"] = (rc, text, parse_ptxas(text), "\n".join(cmds))
     return _COMPILED["result"]
 
 
@@ -135,10 +141,10 @@ def format_table(table):
 
 
 def test_every_header_is_compiled():
-    src = open(TU).read()
+    src = "".join(open(tu).read() for tu in TUS)
     assert HEADERS, "no csrc/include/fused_rnn/*.cuh"
     for h in HEADERS:
-        assert f'#include "fused_rnn/{os.path.basename(h)}"' in src, f"{TU} does not include {h}"
+        assert f'#include "fused_rnn/{os.path.basename(h)}"' in src, f"no tests/cuda_kernels*.cu includes {h}"
 
 
 def test_kernels_compile_for_sm80_sm90_without_warnings_or_spills():
