@@ -307,15 +307,17 @@ def _cuda_refusals(call: OpCall) -> list:
 
 
 # The C++/CUDA fallback for GPUs without Triton (csrc/include/fused_rnn/): the recurrence
-# as a cuBLAS GEMM and one fused pointwise kernel per step, attention as one block per
-# query row. Below triton, which runs whole sequences in one launch; auto reaches it when
+# as a cuBLAS GEMM and one fused pointwise kernel per step, the variant recurrences as a
+# cuBLAS GEMM and one fused row kernel per step (the layer norms reduce within a block),
+# attention as one block per query row. Below triton, which runs whole sequences in one launch; auto reaches it when
 # Triton is missing (with one warning).
 register_backend(
     Backend(
         name="cuda",
         priority=15,
         modules={"recurrence": "fused_rnn.ops.recurrence.stepwise",
-                 "attention": "fused_rnn.ops.attention.rowwise"},
+                 "attention": "fused_rnn.ops.attention.rowwise",
+                 "variants": "fused_rnn.ops.variants.stepwise"},
         device_types=frozenset({"cuda"}),
         dtypes=_FLOATS,
         tolerances=_TOLERANCES,

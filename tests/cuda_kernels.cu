@@ -6,9 +6,11 @@
 #include "fused_rnn/block.cuh"
 #include "fused_rnn/cell_math.cuh"
 #include "fused_rnn/recurrence_step.cuh"
+#include "fused_rnn/variant_row.cuh"
 
 #include "../csrc/cuda/attention_launch.cu"
 #include "../csrc/cuda/recurrence_launch.cu"
+#include "../csrc/cuda/variant_launch.cu"
 
 namespace fused_rnn {
 namespace cuda {
@@ -19,7 +21,11 @@ namespace cuda {
   template cudaError_t recurrence_bwd_step<T, float>(int, const BwdStepArgs<T, float>&,         \
                                                      cudaStream_t);                             \
   template cudaError_t projection_fwd_post<T>(const ProjFwdPostArgs<T>&, cudaStream_t);         \
-  template cudaError_t projection_bwd_pre<T, float>(const ProjBwdPreArgs<T, float>&, cudaStream_t);
+  template cudaError_t projection_bwd_pre<T, float>(const ProjBwdPreArgs<T, float>&, cudaStream_t); \
+  template cudaError_t variant_fwd_step<T, float>(int, const VariantFwdArgs<T, float>&,         \
+                                                  cudaStream_t);                                \
+  template cudaError_t variant_bwd_step<T, float>(int, const VariantBwdArgs<T, float>&,         \
+                                                  cudaStream_t);
 
 FUSED_RNN_INSTANTIATE(float)
 FUSED_RNN_INSTANTIATE(__half)

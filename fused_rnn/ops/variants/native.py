@@ -28,29 +28,39 @@ if _err is not None:
 _ops = torch.ops.fused_rnn
 
 
-def _fwd(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h, keep_c, need_saved=True):
-    """x [T, B, I]; h0 [B, H]; c0 [B, H] (LSTM) or None; lengths [B] int64 (CPU) or None;
-    keep_h, keep_c [T, B, H] zoneout keeps or None.
+def extension_launchers(forward: str, backward: str):
+    """``(_fwd, _bwd)`` over the extension's ops named ``forward``/``backward`` (this schema:
+    the cpu backend's ``variant_*``, the cuda backend's ``stepwise_variant_*``)."""
+    forward_op, backward_op = getattr(_ops, forward), getattr(_ops, backward)
 
-    Returns ``y [T, B, H]``, ``h_n [B, H]``, ``c_n [B, H]`` or None, and ``saved`` (empty
-    unless ``need_saved``).
-    """
-    y, h_n, c_n, saved = _ops.variant_forward(
-        MODES[mode], bool(reverse), x, h0, c0, lengths, *w, keep_h,
-        keep_c if mode == LSTM else None, bool(need_saved))
-    return y, h_n, (c_n if mode == LSTM else None), tuple(saved)
+    def _fwd(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h, keep_c, need_saved=True):
+        """x [T, B, I]; h0 [B, H]; c0 [B, H] (LSTM) or None; lengths [B] int64 (CPU) or None;
+        keep_h, keep_c [T, B, H] zoneout keeps or None.
+
+        Returns ``y [T, B, H]``, ``h_n [B, H]``, ``c_n [B, H]`` or None, and ``saved`` (empty
+        unless ``need_saved``).
+        """
+        y, h_n, c_n, saved = forward_op(
+            MODES[mode], bool(reverse), x, h0, c0, lengths, *w, keep_h,
+            keep_c if mode == LSTM else None, bool(need_saved))
+        return y, h_n, (c_n if mode == LSTM else None), tuple(saved)
+
+    def _bwd(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h, keep_c, saved, dy,
+             dh_n, dc_n):
+        """dy [T, B, H]; dh_n [B, H] or None; dc_n [B, H] or None.
+
+        Returns ``(dx, dh0, dc0, VariantWeights of gradients)``, None where the input is None.
+        """
+        dx, dh0, dc0, *dw = backward_op(
+            MODES[mode], bool(reverse), x, h0, c0, lengths, *w, keep_h,
+            keep_c if mode == LSTM else None, list(saved), dy, dh_n, dc_n)
+        grads = VariantWeights(*(None if p is None else g for p, g in zip(w, dw)))
+        return dx, dh0, (dc0 if mode == LSTM else None), grads
+
+    return _fwd, _bwd
 
 
-def _bwd(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h, keep_c, saved, dy, dh_n, dc_n):
-    """dy [T, B, H]; dh_n [B, H] or None; dc_n [B, H] or None.
-
-    Returns ``(dx, dh0, dc0, VariantWeights of gradients)``, None where the input is None.
-    """
-    dx, dh0, dc0, *dw = _ops.variant_backward(
-        MODES[mode], bool(reverse), x, h0, c0, lengths, *w, keep_h,
-        keep_c if mode == LSTM else None, list(saved), dy, dh_n, dc_n)
-    grads = VariantWeights(*(None if p is None else g for p, g in zip(w, dw)))
-    return dx, dh0, (dc0 if mode == LSTM else None), grads
+_fwd, _bwd = extension_launchers("variant_forward", "variant_backward")
 
 
 def saved_like(mode, reverse, x, h0, c0, w: VariantWeights, lengths, keep_h=None, keep_c=None):
