@@ -87,4 +87,19 @@ auto with_runner(const at::Tensor& x, const G& g) {
 #endif
 }
 
+// The prologue of a recurrent layer's op: g(T{}, A{}, runner, x, lengths on x's device,
+// lengths on the CPU) under x's device guard, with x contiguous, its storage types and its
+// device's runner (Host or Cuda, as with_runner).
+template <template <class, class> class Host, template <class, class> class Cuda, typename G>
+auto with_layer_runner(const at::Tensor& x_, const c10::optional<at::Tensor>& lengths, const G& g) {
+  const c10::DeviceGuard guard(x_.device());
+  const at::Tensor x = x_.contiguous();
+  const at::Tensor len_cpu = opt(lengths);  // contiguous: host loops read it densely
+  const at::Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : at::Tensor();
+  return with_storage(x, [&](auto t, auto a) {
+    return with_runner<decltype(t), decltype(a), Host, Cuda>(
+        x, [&](const auto& runner) { return g(t, a, runner, x, len, len_cpu); });
+  });
+}
+
 }  // namespace fused_rnn

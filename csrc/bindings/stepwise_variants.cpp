@@ -25,16 +25,6 @@ namespace {
 using at::Tensor;
 using c10::optional;
 
-// f(ModeTag<mode>{}) for the two variant modes (checked before).
-template <typename F>
-void with_variant_mode(int mode, const F& f) {
-  if (mode == cuda::kLSTM) {
-    f(cuda::ModeTag<cuda::kLSTM>{});
-  } else {
-    f(cuda::ModeTag<cuda::kGRU>{});
-  }
-}
-
 // Every row of a step on host threads, each with the whole (one-thread) block.
 template <typename Args, typename Body>
 void each_row(const Args& a, const Body& body) {
@@ -47,14 +37,14 @@ void each_row(const Args& a, const Body& body) {
 template <typename T, typename A>
 struct HostRows {
   void fwd(int mode, const cuda::VariantFwdArgs<T, A>& a) const {
-    with_variant_mode(mode, [&](auto m) {
+    cuda::with_variant_mode(mode, [&](auto m) {
       each_row(a, [&](int64_t b, const cuda::HostBlock& blk) {
         cuda::variant_fwd_row<decltype(m)::value>(a, b, blk);
       });
     });
   }
   void bwd(int mode, const cuda::VariantBwdArgs<T, A>& a) const {
-    with_variant_mode(mode, [&](auto m) {
+    cuda::with_variant_mode(mode, [&](auto m) {
       each_row(a, [&](int64_t b, const cuda::HostBlock& blk) {
         cuda::variant_bwd_row<decltype(m)::value>(a, b, blk);
       });
@@ -127,18 +117,13 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
   check_device(x_, "x");
   check_variant_args(mode, x_, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight,
                      ln_c_bias, keep_h, keep_c);
-  const c10::DeviceGuard guard(x_.device());
-  const Tensor x = x_.contiguous();
-  const Tensor len_cpu = opt(lengths);
-  const Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : Tensor();
   const auto w = weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias);
-  return with_storage(x, [&](auto t, auto a) {
-    using T = decltype(t);
-    using A = decltype(a);
-    return with_runner<T, A, HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(x, [&](const auto& rows) {
-      return stepwise::variant_forward<T, A>(int(mode), reverse, x, h0.contiguous(), opt(c0), len,
-                                             w, opt(keep_h), opt(keep_c), need_saved, rows);
-    });
+  return with_layer_runner<HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(
+      x_, lengths, [&](auto t, auto a, const auto& rows, const Tensor& x, const Tensor& len,
+                       const Tensor&) {
+    return stepwise::variant_forward<decltype(t), decltype(a)>(
+        int(mode), reverse, x, h0.contiguous(), opt(c0), len, w, opt(keep_h), opt(keep_c),
+        need_saved, rows);
   });
 }
 
@@ -155,19 +140,13 @@ std::vector<Tensor> backward(
                                             ln_ih, ln_hh, ln_c_weight, ln_c_bias, keep_h, keep_c);
   check_saved(mode, x_, s, given(ln_ih), saved);
   check_variant_grads(mode, x_, s, dy, dh_n, dc_n);
-  const c10::DeviceGuard guard(x_.device());
-  const Tensor x = x_.contiguous();
-  const Tensor len_cpu = opt(lengths);
-  const Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : Tensor();
   const auto w = weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias);
-  return with_storage(x, [&](auto t, auto a) {
-    using T = decltype(t);
-    using A = decltype(a);
-    return with_runner<T, A, HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(x, [&](const auto& rows) {
-      return stepwise::variant_backward<T, A>(int(mode), reverse, x, len, len_cpu, w, opt(keep_h),
-                                              opt(keep_c), saved.vec(), dy.contiguous(),
-                                              opt(dh_n), opt(dc_n), rows);
-    });
+  return with_layer_runner<HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(
+      x_, lengths, [&](auto t, auto a, const auto& rows, const Tensor& x, const Tensor& len,
+                       const Tensor& len_cpu) {
+    return stepwise::variant_backward<decltype(t), decltype(a)>(
+        int(mode), reverse, x, len, len_cpu, w, opt(keep_h), opt(keep_c), saved.vec(),
+        dy.contiguous(), opt(dh_n), opt(dc_n), rows);
   });
 }
 

@@ -88,6 +88,19 @@ struct VariantBwdArgs {
   A* dhc;                 // [B, H] LSTM with layer norm: dL/d(ln_c_weight LN(c~) + ln_c_bias)
 };
 
+// f(ModeTag<mode>{}) for a variant mode; false for another one.
+template <typename F>
+inline bool with_variant_mode(int mode, F&& f) {  // host: launchers and the CPU runner
+  if (mode == kLSTM) {
+    f(ModeTag<kLSTM>{});
+  } else if (mode == kGRU) {
+    f(ModeTag<kGRU>{});
+  } else {
+    return false;
+  }
+  return true;
+}
+
 // Mean and 1/sigma (biased variance, as torch.nn.LayerNorm) of v(c), c < n, over the block;
 // two passes for accuracy.
 template <typename A, typename Block, typename V>
@@ -333,32 +346,24 @@ __global__ void __launch_bounds__(kVariantThreads) variant_bwd_kernel(const Vari
 
 inline unsigned variant_grid(int64_t B) { return unsigned(B < 65535 ? B : 65535); }
 
-// mode: kLSTM or kGRU. The launchers return cudaGetLastError() after the launch (cudaSuccess
-// with no rows), cudaErrorInvalidValue for another mode.
+// The launchers return cudaGetLastError() after the launch (cudaSuccess with no rows),
+// cudaErrorInvalidValue for a mode other than kLSTM and kGRU.
 template <typename T, typename A = float>
 cudaError_t variant_fwd_step(int mode, const VariantFwdArgs<T, A>& a, cudaStream_t stream) {
   if (a.s.B == 0 || a.s.H == 0) return cudaSuccess;
-  if (mode == kLSTM) {
-    variant_fwd_kernel<kLSTM><<<variant_grid(a.s.B), kVariantThreads, 0, stream>>>(a);
-  } else if (mode == kGRU) {
-    variant_fwd_kernel<kGRU><<<variant_grid(a.s.B), kVariantThreads, 0, stream>>>(a);
-  } else {
-    return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  const bool known = with_variant_mode(mode, [&](auto m) {
+    variant_fwd_kernel<decltype(m)::value><<<variant_grid(a.s.B), kVariantThreads, 0, stream>>>(a);
+  });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 template <typename T, typename A = float>
 cudaError_t variant_bwd_step(int mode, const VariantBwdArgs<T, A>& a, cudaStream_t stream) {
   if (a.s.B == 0 || a.s.H == 0) return cudaSuccess;
-  if (mode == kLSTM) {
-    variant_bwd_kernel<kLSTM><<<variant_grid(a.s.B), kVariantThreads, 0, stream>>>(a);
-  } else if (mode == kGRU) {
-    variant_bwd_kernel<kGRU><<<variant_grid(a.s.B), kVariantThreads, 0, stream>>>(a);
-  } else {
-    return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  const bool known = with_variant_mode(mode, [&](auto m) {
+    variant_bwd_kernel<decltype(m)::value><<<variant_grid(a.s.B), kVariantThreads, 0, stream>>>(a);
+  });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 #endif  // __CUDACC__
