@@ -20,13 +20,15 @@ from .ops.attention.function import fused_attention
 from .ops.recurrence.cells import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights, split_flat_weights
 from .ops.recurrence.checks import (check_float_tensor, check_like, check_shape,
                                     normalize_lengths, shape_str)
+from .ops.recurrence import headwise
 from .ops.recurrence.function import recurrence_layer
 from .ops.recurrence.library import compiled_layer
 
 
 def _weight_sizes(mode: str, w: LayerWeights) -> dict:
+    """The sizes a backend sees: a headwise layer's calls are one head wide."""
     return {"mode": mode, "input_size": w.w_ih.shape[1],
-            "hidden_size": w.w_ih.shape[0] // GATES[mode],
+            "hidden_size": w.w_hh.shape[-1] if headwise.is_headwise(w) else w.w_ih.shape[0] // GATES[mode],
             "proj_size": 0 if w.w_hr is None else w.w_hr.shape[0]}
 
 
@@ -39,10 +41,12 @@ def _layer_runner(mode: str, x: torch.Tensor, w: LayerWeights):
     if torch.compiler.is_compiling():
         name = backends.select_name("recurrence", x.device.type, x.dtype,
                                     tuple(_weight_sizes(mode, w).items()))
-        return functools.partial(compiled_layer, name, mode)
-    sizes = dict(_weight_sizes(mode, w), batch=x.shape[1])
-    ops = backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
-    return functools.partial(recurrence_layer, ops, mode)
+        run = functools.partial(compiled_layer, name, mode)
+    else:
+        sizes = dict(_weight_sizes(mode, w), batch=x.shape[1])
+        ops = backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
+        run = functools.partial(recurrence_layer, ops, mode)
+    return functools.partial(headwise.run_heads, run) if headwise.is_headwise(w) else run
 
 
 def _check_weights(layers, x: torch.Tensor, mode: str) -> None:
@@ -86,6 +90,9 @@ def _check_weight_shapes(layers, mode: str) -> None:
         expected = {"w_ih": (GH, in_size), "w_hh": (GH, P), "b_ih": (GH,), "b_hh": (GH,),
                     "w_hr": (P, H)}
         for d, w in enumerate(dirs):
+            if headwise.is_headwise(w):
+                _check_heads(w, f"weights[layer {li}{', reverse' if d else ''}]", G, H)
+                w = w._replace(w_hh=None)
             for field, t in zip(LayerWeights._fields, w):
                 if t is not None and tuple(t.shape) != expected[field]:
                     meaning = _WEIGHT_MEANINGS[field].format(
@@ -93,6 +100,17 @@ def _check_weight_shapes(layers, mode: str) -> None:
                         state="proj_size" if P != H else "hidden_size")
                     check_shape(f"weights[layer {li}{', reverse' if d else ''}].{field}", t,
                                 expected[field], meaning)
+
+
+def _check_heads(w: LayerWeights, name: str, G: int, H: int) -> None:
+    """Headwise blocks ``[K, G*Hh, Hh]`` with ``K*Hh = hidden_size`` in place of ``w_hh``."""
+    K, GHh, Hh = w.w_hh.shape
+    if Hh == 0 or GHh != G * Hh or K * Hh != H:
+        raise ValueError(f"{name}.w_hh: headwise blocks must have shape (num_heads, {G} * "
+                         f"head_size, head_size) with num_heads * head_size = hidden_size = {H}, "
+                         f"got {shape_str(w.w_hh.shape)}")
+    if w.w_hr is not None:
+        raise ValueError(f"{name}: headwise w_hh does not combine with a projection (w_hr)")
 
 
 def _initial_state(mode, hx, layers, x):

@@ -61,6 +61,39 @@ def test_headwise_equals_dense_block_diagonal(backend, kind, dt):
         assert_close(a, e, rtol=rtol, atol=atol, name=f"grad {n}")
 
 
+def test_headwise_layers_run_one_recurrence_per_head(monkeypatch):
+    """The kernels see each head on its own (Hh units, its W_hh block), never the dense
+    block-diagonal matrix."""
+    import fused_rnn.functional as functional
+
+    seen, real = [], functional.recurrence_layer
+
+    def spy(ops, mode, reverse, x, h0, c0, w, lengths=None):
+        seen.append((tuple(w.w_ih.shape), tuple(w.w_hh.shape), tuple(h0.shape)))
+        return real(ops, mode, reverse, x, h0, c0, w, lengths)
+
+    monkeypatch.setattr(functional, "recurrence_layer", spy)
+    m = fused_rnn.GRU(6, 8, num_heads=4, bidirectional=True).double()
+    m(randn(5, 3, 6, dtype=torch.float64))
+    assert seen == [((6, 6), (6, 2), (3, 2))] * 8  # 2 directions x 4 heads of 2 units
+
+
+def test_functional_takes_headwise_blocks():
+    """fused_rnn.functional.lstm with W_hh as blocks [K, 4*Hh, Hh] is the dense call."""
+    from fused_rnn import functional
+
+    torch.manual_seed(0)
+    w = [randn(16, 3, dtype=torch.float64), randn(2, 8, 2, dtype=torch.float64),
+         randn(16, dtype=torch.float64), randn(16, dtype=torch.float64)]
+    x = randn(5, 2, 3, dtype=torch.float64)
+    got = functional.lstm(x, None, w)
+    want = functional.lstm(x, None, [w[0], headwise_to_dense(w[1]), *w[2:]])
+    for a, e in zip(got[:1] + got[1], want[:1] + want[1]):
+        assert_close(a, e, rtol=1e-12, atol=1e-12, name="lstm")
+    with pytest.raises(ValueError, match=r"headwise blocks must have shape \(num_heads, 4 \* head_size"):
+        functional.lstm(x, None, [w[0], randn(2, 8, 3, dtype=torch.float64), *w[2:]])
+
+
 def test_headwise_gradient_stays_in_the_blocks():
     """The dense matrix's gradient outside the blocks is not the blocks' business: the
     blocks' gradient is the dense gradient read at the block positions, nothing more."""

@@ -60,6 +60,7 @@ MODULES = {
     "LSTM-zoneout": lambda: fused_rnn.LSTM(I, H, zoneout=0.3),
     "GRU-zoneout-heads": lambda: fused_rnn.GRU(I, H, zoneout=0.3, num_heads=2,
                                                recurrent_dropout=0.2),
+    "LSTM-heads": lambda: fused_rnn.LSTM(I, H, num_heads=2, bidirectional=True),
 }
 
 

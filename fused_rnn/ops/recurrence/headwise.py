@@ -1,0 +1,49 @@
+"""Headwise (block-diagonal) recurrence, run as one recurrence per head.
+
+The gates of head k read only head k's previous state (``modules/recurrent_weights.py``
+has the layout), so a layer of K heads is K independent layers of ``Hh = H / K`` units over
+the same input: head k's rows of ``W_ih`` and of the biases, its block of ``W_hh``, its
+slice of ``h0``/``c0``; their outputs side by side are the layer's. Each head's recurrent
+GEMM is ``Hh`` wide, K times fewer multiply-adds than the dense block-diagonal matrix,
+and one head's weights fit on chip where a large dense ``W_hh`` would not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cells import LayerWeights
+
+
+def is_headwise(w: LayerWeights) -> bool:
+    return w.w_hh.dim() == 3
+
+
+def head_weights(w: LayerWeights) -> list:
+    """The ``LayerWeights`` of each head of a layer whose ``w_hh`` holds the blocks
+    ``[K, G*Hh, Hh]`` (``w_ih [G*H, I]`` and the biases ``[G*H]`` gate-major, as torch.nn's)."""
+    K, GHh, Hh = w.w_hh.shape
+    G = GHh // Hh
+
+    def by_head(t):  # gate-major rows [G*H, ...] -> [K, G*Hh, ...]
+        if t is None:
+            return [None] * K
+        rest = t.shape[1:]
+        return t.view(G, K, Hh, *rest).transpose(0, 1).reshape(K, GHh, *rest).unbind(0)
+
+    return [LayerWeights(*parts, None) for parts in zip(by_head(w.w_ih), w.w_hh.unbind(0),
+                                                       by_head(w.b_ih), by_head(w.b_hh))]
+
+
+def run_heads(run_one, reverse, x, h0, c0, w: LayerWeights, lengths):
+    """``run_one(reverse, x, h0, c0, w, lengths) -> (y, h_n, c_n)`` for each head, joined
+    on the feature axis: the layer's ``(y [T, B, H], h_n [B, H], c_n [B, H] or None)``."""
+    Hh = w.w_hh.shape[2]
+    outs = []
+    for k, wk in enumerate(head_weights(w)):
+        units = slice(k * Hh, (k + 1) * Hh)
+        outs.append(run_one(reverse, x, h0[:, units], None if c0 is None else c0[:, units],
+                            wk, lengths))
+    y, h_n, c_n = zip(*outs)
+    return (torch.cat(y, -1), torch.cat(h_n, -1),
+            None if c_n[0] is None else torch.cat(c_n, -1))
