@@ -147,8 +147,8 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
 
 // The reverse loop (or with seq_rows > 0 the whole-sequence backward), then dx and the
 // weight gradients as one GEMM each. lengths as forward's; lengths_cpu the same on the CPU
-// (the row order of dx). Returns [dx, dh0, dc0, dw_ih, dw_hh,
-// db_ih, db_hh, dw_hr], [0] where absent.
+// (the row order of dx). Returns [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr], [0]
+// where absent.
 template <typename T, typename A, typename Points>
 std::vector<Tensor> backward(int mode, bool reverse, const Tensor& x, const Tensor& lengths,
                              const Tensor& lengths_cpu, const Tensor& w_ih, const Tensor& w_hh,
@@ -176,7 +176,7 @@ std::vector<Tensor> backward(int mode, bool reverse, const Tensor& x, const Tens
   // side (da_r, da_z, da_n r), which W_hh meets; LSTM and RNN: the hidden side is da itself.
   const Tensor da = lstm ? acts : at::empty({nT, B, GH}, opts);
   const Tensor dah = gru ? at::empty({nT, B, GH}, opts) : da;
-  Tensor dh_rec = at::empty({B, P}, opts);
+  Tensor dh_rec = seq_rows > 0 ? Tensor() : at::empty({B, P}, opts);
   Tensor gy = proj ? at::empty({B, H}, opts) : Tensor();
   const Tensor gs = proj ? at::empty({nT, B, P}, opts) : Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, ptr<const int64_t>(lengths)};
