@@ -15,7 +15,7 @@ import torch
 import test_recurrence_function as per_layer
 import test_recurrence_modules as modules
 import test_stepwise_recurrence as stepwise_tests
-from fused_rnn import backends
+from fused_rnn import _native, backends
 from fused_rnn.ops.recurrence import reference, stepwise
 from fused_rnn.ops.recurrence.cells import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
 from fused_rnn.ops.recurrence.function import recurrence_layer
@@ -32,8 +32,8 @@ def _whole_sequence(monkeypatch):
 
 
 def _rows(mode, x, w_hh, w_hr=None):
-    import fused_rnn._C  # noqa: F401  (registers the ops)
-
+    """The rows per tile the ops take for this layer (0: the per-step loop)."""
+    assert _native.load_error() is None, _native.load_error()
     return torch.ops.fused_rnn.stepwise_sequence_rows(MODES[mode], x, w_hh, w_hr)
 
 
