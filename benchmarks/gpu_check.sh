@@ -22,12 +22,14 @@ cd "$(dirname "$0")/.."
   # its launch), and under compute-sanitizer's memcheck and racecheck where it exists.
   cuda_k="cuda and fp32 and (LSTM or GRU or additive or dot)"
   CUDA_LAUNCH_BLOCKING=1 python -m pytest -q -p no:cacheprovider -rfE -k "$cuda_k" \
-    tests/test_stepwise_recurrence.py tests/test_stepwise_variants.py tests/test_attention.py || true
+    tests/test_stepwise_recurrence.py tests/test_sequence_recurrence.py tests/test_stepwise_variants.py \
+    tests/test_attention.py || true
   if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
       timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 python -m pytest -q \
         -p no:cacheprovider -x -k "$cuda_k and (tq4 or rev-len or ragged_rev)" \
-        tests/test_stepwise_recurrence.py tests/test_stepwise_variants.py tests/test_attention.py || echo "compute-sanitizer $tool: exit $?"
+        tests/test_stepwise_recurrence.py tests/test_sequence_recurrence.py \
+        tests/test_stepwise_variants.py tests/test_attention.py || echo "compute-sanitizer $tool: exit $?"
     done
   fi
   # Every failure, not the first: one GPU session should see them all.

@@ -307,9 +307,10 @@ def _cuda_refusals(call: OpCall) -> list:
 
 
 # The C++/CUDA fallback for GPUs without Triton (csrc/include/fused_rnn/): the recurrence
-# as a cuBLAS GEMM and one fused pointwise kernel per step, the variant recurrences as a
-# cuBLAS GEMM and one fused row kernel per step (the layer norms reduce within a block),
-# attention as one block per query row. Below triton, which runs whole sequences in one launch; auto reaches it when
+# as a cuBLAS GEMM and one fused pointwise kernel per step, or one whole-sequence launch
+# where W_hh fits in a block's shared memory; the variant recurrences as a cuBLAS GEMM and
+# one fused row kernel per step (the layer norms reduce within a block); attention as one
+# block per query row. Below triton, which runs whole sequences in one launch; auto reaches it when
 # Triton is missing (with one warning).
 register_backend(
     Backend(

@@ -8,6 +8,9 @@ saved layout, the gate gradients written over the saved activations, the row ord
 reversed rows. Where the cuda backend is available (a GPU and a CUDA build), the same checks
 run on CUDA tensors too, in half precision as well. The module grid runs on CPU through
 the ``cuda_host`` backend of conftest.py.
+
+Every test here forces the per-step loop (``FUSED_RNN_CUDA_SEQUENCE=0``);
+tests/test_sequence_recurrence.py runs the same checks through the whole-sequence kernels.
 """
 
 import glob
@@ -38,6 +41,12 @@ DEVICE_DTYPES = [pytest.param("cpu", d, id=f"cpu-{d}") for d in ("fp64", "fp32")
     for d in ("fp64", "fp32", "fp16", "bf16")]
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16,
           "bf16": torch.bfloat16}
+
+
+@pytest.fixture(autouse=True)
+def _per_step_loop(monkeypatch):
+    """The per-step loop, also where the whole-sequence kernels would take the layer."""
+    monkeypatch.setenv("FUSED_RNN_CUDA_SEQUENCE", "0")
 
 
 @pytest.mark.parametrize("device,dt", DEVICE_DTYPES)

@@ -1,6 +1,8 @@
 // torch.ops.fused_rnn.stepwise_recurrence_forward / _backward: the cuda backend's
 // recurrence (csrc/stepwise/recurrence_loop.h: a GEMM per step through ATen, then the fused
-// pointwise step kernel of recurrence_step.cuh).
+// pointwise step kernel of recurrence_step.cuh; or, where sequence_plan.h says so, one
+// whole-sequence launch of recurrence_sequence.cuh for all steps).
+// torch.ops.fused_rnn.stepwise_sequence_rows tells which: the rows per tile, 0 per step.
 //
 // CUDA tensors (a build with FUSED_RNN_WITH_CUDA): the kernels, through the launchers of
 // recurrence_launch.h, on the current stream of x's device. CPU tensors (every build): the
@@ -16,11 +18,14 @@
 #include <string>
 
 #include "../stepwise/recurrence_loop.h"
+#include "../stepwise/sequence_plan.h"
 
 #include <algorithm>
+#include <vector>
 
 #ifdef FUSED_RNN_WITH_CUDA
 #include "fused_rnn/recurrence_launch.h"
+#include "fused_rnn/sequence_launch.h"
 #endif
 
 namespace fused_rnn {
@@ -40,6 +45,16 @@ void each_point(int64_t B, int64_t N, const F& f) {
                    });
 }
 
+// Every tile of a whole-sequence run on host threads, each with its own "shared memory".
+template <typename T, typename F>
+void each_tile(int mode, const cuda::SeqShape& s, const F& f) {
+  const int64_t elems = cuda::sequence_smem_elems(mode, s.H, s.rows);
+  at::parallel_for(0, cuda::sequence_tiles(s), 1, [&](int64_t k0, int64_t k1) {
+    std::vector<T> smem(static_cast<size_t>(elems));
+    for (int64_t k = k0; k < k1; ++k) f(k, smem.data());
+  });
+}
+
 template <typename T, typename A>
 struct HostPoints {
   void fwd(int mode, const cuda::FwdStepArgs<T, A>& a) const {
@@ -57,6 +72,20 @@ struct HostPoints {
   }
   void proj_bwd_pre(const cuda::ProjBwdPreArgs<T, A>& a) const {
     each_point(a.s.B, a.s.P, [&](int64_t b, int64_t j) { cuda::proj_bwd_pre_point(a, b, j); });
+  }
+  void sequence_fwd(int mode, const cuda::SeqFwdArgs<T, A>& a) const {
+    cuda::with_mode(mode, [&](auto m) {
+      each_tile<T>(mode, a.s, [&](int64_t k, T* smem) {
+        cuda::sequence_fwd_tile<decltype(m)::value>(a, k, smem, cuda::HostBlock{});
+      });
+    });
+  }
+  void sequence_bwd(int mode, const cuda::SeqBwdArgs<T, A>& a) const {
+    cuda::with_mode(mode, [&](auto m) {
+      each_tile<T>(mode, a.s, [&](int64_t k, T* smem) {
+        cuda::sequence_bwd_tile<decltype(m)::value>(a, k, smem, cuda::HostBlock{});
+      });
+    });
   }
 };
 
@@ -99,8 +128,49 @@ struct CudaPoints {
   void proj_bwd_pre(const cuda::ProjBwdPreArgs<T, A>& a) const {
     check_launch(cuda::launch_projection_bwd_pre(a, stream), "projection step backward");
   }
+  void sequence_fwd(int mode, const cuda::SeqFwdArgs<T, A>& a) const {
+    check_launch(cuda::launch_sequence_fwd(mode, a, stream), "whole-sequence recurrence");
+  }
+  void sequence_bwd(int mode, const cuda::SeqBwdArgs<T, A>& a) const {
+    check_launch(cuda::launch_sequence_bwd(mode, a, stream), "whole-sequence recurrence backward");
+  }
 };
 #endif
+
+// The tile budget of x's device. CPU tensors: as an sm_80 device, with two rows a tile so
+// that the tests' small batches span several tiles, the last one partial.
+stepwise::TileBudget tile_budget(const Tensor& x, int64_t B) {
+#ifdef FUSED_RNN_WITH_CUDA
+  if (x.is_cuda()) {
+    int64_t smem = 0, sms = 1;
+    check_launch(cuda::sequence_device_limits(x.device().index(), &smem, &sms),
+                 "whole-sequence recurrence (device query)");
+    return {smem, (B + sms - 1) / std::max<int64_t>(sms, 1)};
+  }
+#endif
+  (void)x;
+  (void)B;
+  return {cuda::kSeqSmemSm80, 2};
+}
+
+// The whole-sequence path's rows per tile for this layer, 0 for the per-step loop.
+int64_t layer_sequence_rows(int64_t mode, const Tensor& x, const Tensor& w_hh,
+                            const optional<Tensor>& w_hr) {
+  const int64_t B = x.size(1), H = w_hh.size(1);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  return stepwise::sequence_rows(int(mode), B, proj ? w_hr->size(1) : H, proj, x.element_size(),
+                                 tile_budget(x, B));
+}
+
+int64_t sequence_rows_op(int64_t mode, const Tensor& x, const Tensor& w_hh,
+                         const optional<Tensor>& w_hr) {
+  check_device(x, "x");
+  TORCH_CHECK(mode >= 0 && mode <= 3, "fused_rnn: mode must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) "
+              "or 3 (RNN relu), got ", mode);
+  TORCH_CHECK(x.dim() == 3, "fused_rnn: x must have 3 dimensions [T, B, I], got ", x.dim());
+  TORCH_CHECK(w_hh.dim() == 2, "fused_rnn: w_hh must have 2 dimensions [G*H, P], got ", w_hh.dim());
+  return layer_sequence_rows(mode, x, w_hh, w_hr);
+}
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
     int64_t mode, bool reverse, const Tensor& x_, const Tensor& h0, const optional<Tensor>& c0,
@@ -113,13 +183,14 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
   const Tensor x = x_.contiguous();
   const Tensor len_cpu = opt(lengths);  // contiguous: the host loop reads it densely
   const Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : Tensor();
+  const int64_t seq_rows = layer_sequence_rows(mode, x, w_hh, w_hr);
   return with_storage(x, [&](auto t, auto a) {
     using T = decltype(t);
     using A = decltype(a);
     return with_runner<T, A, HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(x, [&](const auto& points) {
       return stepwise::forward<T, A>(int(mode), reverse, x, h0.contiguous(), opt(c0), len,
                                      w_ih.contiguous(), w_hh.contiguous(), opt(b_ih), opt(b_hh),
-                                     opt(w_hr), need_saved, points);
+                                     opt(w_hr), need_saved, seq_rows, points);
     });
   });
 }
@@ -140,13 +211,15 @@ std::vector<Tensor> backward(int64_t mode, bool reverse, const Tensor& x_, const
   const Tensor x = x_.contiguous();
   const Tensor len_cpu = opt(lengths);
   const Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : Tensor();
+  const int64_t seq_rows = layer_sequence_rows(mode, x, w_hh, w_hr);
   return with_storage(x, [&](auto t, auto a) {
     using T = decltype(t);
     using A = decltype(a);
     return with_runner<T, A, HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(x, [&](const auto& points) {
       return stepwise::backward<T, A>(int(mode), reverse, x, len, len_cpu, w_ih.contiguous(),
                                       w_hh.contiguous(), opt(b_ih).defined(), opt(w_hr),
-                                      saved.vec(), dy.contiguous(), opt(dh_n), opt(dc_n), points);
+                                      saved.vec(), dy.contiguous(), opt(dh_n), opt(dc_n),
+                                      seq_rows, points);
     });
   });
 }
@@ -159,6 +232,8 @@ TORCH_LIBRARY_FRAGMENT(fused_rnn, m) {
             .c_str());
   m.def((std::string("stepwise_recurrence_backward") + fused_rnn::schema::kRecurrenceBackward)
             .c_str());
+  m.def("stepwise_sequence_rows(int mode, Tensor x, Tensor w_hh, Tensor? w_hr) -> int",
+        &fused_rnn::sequence_rows_op);
   m.def("stepwise_has_cuda() -> bool", [] {
 #ifdef FUSED_RNN_WITH_CUDA
     return true;
