@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                       # CPU, recurrence and attention, every backend
     python -m benchmarks.run --ops attention       # attention only
-    python -m benchmarks.run --ops variants        # LayerNormLSTM vs its plain loop (opt-in)
+    python -m benchmarks.run --ops variants        # LayerNormLSTM, headwise LSTM vs plain PyTorch (opt-in)
     python -m benchmarks.run --ops decoder         # decoder step: fused vs torch.nn parts
     python -m benchmarks.run --device cuda         # DESIGN.md's GPU matrix
     python -m benchmarks.run --quick --cells lstm --backends reference --shapes 100,1,256,256
@@ -57,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="which shapes (default: the device's; gpu is DESIGN.md's GPU matrix)")
     p.add_argument("--ops", default="recurrence,attention",
                    help="comma-separated subset of: recurrence, attention, variants "
-                        "(LayerNormLSTM T100 B64 I256 H256 vs its plain loop), decoder (one "
+                        "(LayerNormLSTM T100 B64 I256 H256 vs its plain loop, LSTM with 8 heads "
+                        "T50 B64 I256 H1024 vs torch.nn.LSTM dense), decoder (one "
                         "attention-decoder step vs torch.nn parts); the last two not by default")
     p.add_argument("--backends", default=None,
                    help="comma-separated fused_rnn backends to time (default: all available)")
@@ -545,8 +546,9 @@ def main(argv=None) -> int:
               "reference's; fwd+bwd of the context, weights not returned)")
         print(format_table(attn_rows, device.type, ATTN_COLUMNS))
     if variant_rows:
-        print("\nvariants (x plain: time / the plain-PyTorch loop's, input projection and its "
-              "layer norm batched over steps; max |diff|: output vs that loop's)")
+        print("\nvariants (x plain: time / plain PyTorch's: for layernorm_lstm a loop with the "
+              "input projection and its layer norm batched over steps, for headwise_lstm "
+              "torch.nn.LSTM on the dense block-diagonal W_hh; max |diff|: output vs it)")
         print(format_table(variant_rows, device.type, VC.COLUMNS))
     if dec_rows:
         print("\n" + DC.format_rows(dec_rows))

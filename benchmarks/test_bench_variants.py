@@ -1,5 +1,5 @@
-"""pytest-benchmark suite for the variant recurrences: LayerNormLSTM on each available
-backend with the variants op against its plain-PyTorch loop, one group per case.
+"""pytest-benchmark suite for the variant recurrences (LayerNormLSTM, headwise LSTM) on each
+available backend against what PyTorch runs without fused_rnn, one group per case.
 
     python -m pytest benchmarks/test_bench_variants.py --benchmark-only
 
@@ -16,19 +16,20 @@ import fused_rnn
 from . import variant_cases as V
 from .measure import synchronize
 
-IMPLEMENTATIONS = V.implementation_names(fused_rnn.available_backends())
+CASES = [(case, implementation) for case in V.all_cases()
+         for implementation in V.implementation_names(fused_rnn.available_backends(), case.variant)]
 
 
 @functools.lru_cache(maxsize=None)
-def workload_for(shape, device):
-    """Built once per (shape, device), so every implementation times the same data."""
-    return V.build_workload(shape, device)
+def workload_for(variant, shape, device):
+    """Built once per (variant, shape, device), so every implementation times the same data."""
+    return V.build_workload(variant, shape, device)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize("case", V.all_cases(), ids=lambda case: case.id)
+@pytest.mark.parametrize("case,implementation", CASES,
+                         ids=[f"{c.id}-{i}" for c, i in CASES])
 def test_variants(benchmark, bench_device, case, implementation):
-    workload = workload_for(case.shape, bench_device)
+    workload = workload_for(case.variant, case.shape, bench_device)
     reason = V.unsupported_reason(workload, implementation)
     if reason:
         pytest.skip(reason)

@@ -1,9 +1,13 @@
-"""Variant rows of the benchmarks: ``LayerNormLSTM`` on each fused backend with the variants
-op against its plain-PyTorch implementation, forward and forward+backward.
+"""Variant rows of the benchmarks, forward and forward+backward, each against what a
+PyTorch user runs without fused_rnn (the row ``plain-pytorch``), on the same parameters:
 
-The plain implementation is a fair one, as a user would write it: the input projection and
-its layer norm for all steps at once (one GEMM, one ``F.layer_norm``), then the per-step
-loop with ``F.layer_norm``; autograd for backward. It uses the module's own parameters.
+- ``layernorm_lstm``: ``LayerNormLSTM`` on each fused backend with the variants op, against
+  a fair plain implementation: the input projection and its layer norm for all steps at
+  once (one GEMM, one ``F.layer_norm``), then the per-step loop with ``F.layer_norm``;
+  autograd for backward.
+- ``headwise_lstm``: ``LSTM(num_heads=8)`` on each fused backend (one recurrence per head),
+  against ``torch.nn.LSTM`` (oneDNN on CPU, cuDNN on GPU) given the dense block-diagonal
+  ``W_hh`` (``fused_rnn.headwise_to_dense`` of the blocks, so gradients reach them).
 
 Shared by ``benchmarks/run.py`` (``--ops variants``) and ``benchmarks/test_bench_variants.py``.
 """
@@ -24,51 +28,10 @@ from fused_rnn import backends
 from .cases import Shape
 from .measure import time_ms
 
-VARIANT = "layernorm_lstm"
 MODES = ("fwd", "fwd+bwd")
 PLAIN = "plain-pytorch"
 FUSED_PREFIX = "fused_rnn:"
-SHAPES = (Shape(T=100, B=64, I=256, H=256),)  # the issue's case
-
-
-@dataclasses.dataclass(frozen=True)
-class VariantCase:
-    shape: Shape
-    mode: str
-
-    @property
-    def id(self) -> str:
-        return f"{VARIANT}-{self.shape.label.replace(' ', '-')}-{self.mode}"
-
-
-def all_cases(shapes=SHAPES, modes=MODES) -> list:
-    return [VariantCase(s, m) for s in shapes for m in modes]
-
-
-def implementation_names(fused_backends) -> list:
-    """The plain loop, then each given backend that has the variants op."""
-    return [PLAIN] + [FUSED_PREFIX + b for b in fused_backends
-                      if "variants" in backends.get_backend(b).modules]
-
-
-@dataclasses.dataclass
-class Workload:
-    module: torch.nn.Module  # LayerNormLSTM, one layer; the plain loop reads its parameters
-    x: torch.Tensor  # [T, B, I], a leaf requiring grad
-    dy: torch.Tensor  # [T, B, H]
-
-
-def build_workload(shape: Shape, device="cpu", dtype=torch.float32, seed: int = 0) -> Workload:
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    module = fused_rnn.LayerNormLSTM(shape.I, shape.H).to(device, dtype)
-    with torch.no_grad():  # gains and shifts away from 1 and 0, as after training
-        for name, p in module.named_parameters():
-            if name.startswith("layer_norm_"):
-                p.add_(0.1 * torch.randn(p.shape, generator=gen).to(device, dtype))
-    x = torch.randn(shape.T, shape.B, shape.I, generator=gen).to(device, dtype)
-    dy = torch.randn(shape.T, shape.B, shape.H, generator=gen).to(device, dtype)
-    return Workload(module, x.requires_grad_(), dy)
+HEADS = 8
 
 
 def plain_layer_norm_lstm(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -88,9 +51,83 @@ def plain_layer_norm_lstm(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(ys)
 
 
+def dense_torch_lstm(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Headwise LSTM ``m`` (one layer) on x [T, B, I] from zero state, as torch.nn.LSTM on
+    the dense block-diagonal W_hh: output [T, B, H]."""
+    twin = torch.nn.LSTM(m.input_size, m.hidden_size, device="meta")
+    weights = {"weight_ih_l0": m.weight_ih_l0, "weight_hh_l0": fused_rnn.headwise_to_dense(m.weight_hh_l0),
+               "bias_ih_l0": m.bias_ih_l0, "bias_hh_l0": m.bias_hh_l0}
+    return torch.func.functional_call(twin, weights, (x,))[0]
+
+
+def _layer_norm_lstm(shape: Shape, gen: torch.Generator) -> torch.nn.Module:
+    module = fused_rnn.LayerNormLSTM(shape.I, shape.H)
+    with torch.no_grad():  # gains and shifts away from 1 and 0, as after training
+        for name, p in module.named_parameters():
+            if name.startswith("layer_norm_"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return module
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    op: str  # the backends' op its fused rows run
+    shapes: tuple
+    build: Callable  # (shape, generator) -> the fused module, one layer
+    plain: Callable  # (module, x) -> output [T, B, H], without fused_rnn
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("layernorm_lstm", "variants", (Shape(T=100, B=64, I=256, H=256),),  # issue 10's case
+            _layer_norm_lstm, plain_layer_norm_lstm),
+    Variant("headwise_lstm", "recurrence", (Shape(T=50, B=64, I=256, H=1024),),
+            lambda shape, gen: fused_rnn.LSTM(shape.I, shape.H, num_heads=HEADS), dense_torch_lstm),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantCase:
+    variant: Variant
+    shape: Shape
+    mode: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant.name}-{self.shape.label.replace(' ', '-')}-{self.mode}"
+
+
+def all_cases(variants=tuple(VARIANTS.values()), modes=MODES) -> list:
+    return [VariantCase(v, s, m) for v in variants for s in v.shapes for m in modes]
+
+
+def implementation_names(fused_backends, variant: Variant) -> list:
+    """The plain implementation, then each given backend that has the variant's op."""
+    return [PLAIN] + [FUSED_PREFIX + b for b in fused_backends
+                      if variant.op in backends.get_backend(b).modules]
+
+
+@dataclasses.dataclass
+class Workload:
+    variant: Variant
+    module: torch.nn.Module  # the fused module, one layer; the plain one reads its parameters
+    x: torch.Tensor  # [T, B, I], a leaf requiring grad
+    dy: torch.Tensor  # [T, B, H]
+
+
+def build_workload(variant: Variant, shape: Shape, device="cpu", dtype=torch.float32,
+                   seed: int = 0) -> Workload:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    module = variant.build(shape, gen).to(device, dtype)
+    x = torch.randn(shape.T, shape.B, shape.I, generator=gen).to(device, dtype)
+    dy = torch.randn(shape.T, shape.B, shape.H, generator=gen).to(device, dtype)
+    return Workload(variant, module, x.requires_grad_(), dy)
+
+
 def forward_fn(workload: Workload, implementation: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if implementation == PLAIN:
-        return lambda x: plain_layer_norm_lstm(workload.module, x)
+        return lambda x: workload.variant.plain(workload.module, x)
     backend = implementation[len(FUSED_PREFIX):]
 
     def fused_forward(x):
@@ -122,7 +159,7 @@ def max_abs_diff_vs_plain(workload: Workload, implementation: str) -> float:
     """A timed row must compute what the plain loop computes, or its time means nothing."""
     with torch.no_grad():
         got = forward_fn(workload, implementation)(workload.x)
-        expected = plain_layer_norm_lstm(workload.module, workload.x)
+        expected = workload.variant.plain(workload.module, workload.x)
     return (got.float() - expected.float()).abs().max().item()
 
 
@@ -138,17 +175,18 @@ def unsupported_reason(workload: Workload, implementation: str) -> Optional[str]
 
 
 def measure_rows(fused_backends, device: torch.device, dtype: torch.dtype, warmup: int,
-                 repeats: int, shapes=SHAPES) -> list:
+                 repeats: int, variants=tuple(VARIANTS.values())) -> list:
     """One row per (case, implementation), all in this process; ``vs_plain`` is the row's
-    median time over the plain loop's (below 1 = faster). The implementations of a case take
-    turns run by run, so that a change of load on a shared machine falls on all of them."""
+    median time over the plain implementation's (below 1 = faster). The implementations of a
+    case take turns run by run, so that a change of load on a shared machine falls on all
+    of them."""
     rows = []
-    for shape in shapes:
-        workload = build_workload(shape, device, dtype)
+    for variant, shape in ((v, s) for v in variants for s in v.shapes):
+        workload = build_workload(variant, shape, device, dtype)
         for mode in MODES:
             timed = {}
-            for implementation in implementation_names(fused_backends):
-                row = {"variant": VARIANT, "T": shape.T, "B": shape.B, "I": shape.I,
+            for implementation in implementation_names(fused_backends, variant):
+                row = {"variant": variant.name, "T": shape.T, "B": shape.B, "I": shape.I,
                        "H": shape.H, "mode": mode, "implementation": implementation}
                 rows.append(row)
                 reason = unsupported_reason(workload, implementation)
@@ -168,12 +206,12 @@ def measure_rows(fused_backends, device: torch.device, dtype: torch.dtype, warmu
                 row.update(median_ms=statistics.median(t), min_ms=t[0], max_ms=t[-1],
                            times_ms=times[name], warmup=warmup, repeats=repeats,
                            max_abs_diff_vs_plain=max_abs_diff_vs_plain(workload, name))
-                print(f"  {VARIANT} {shape.label} {mode:7} {name}: {row['median_ms']:.1f} ms",
+                print(f"  {variant.name} {shape.label} {mode:7} {name}: {row['median_ms']:.1f} ms",
                       file=sys.stderr, flush=True)
-    plain = {(r["T"], r["B"], r["I"], r["H"], r["mode"]): r["median_ms"] for r in rows
-             if r["implementation"] == PLAIN and "median_ms" in r}
+    key = lambda r: (r["variant"], r["T"], r["B"], r["I"], r["H"], r["mode"])  # noqa: E731
+    plain = {key(r): r["median_ms"] for r in rows if r["implementation"] == PLAIN and "median_ms" in r}
     for r in rows:
-        base = plain.get((r["T"], r["B"], r["I"], r["H"], r["mode"]))
+        base = plain.get(key(r))
         if base and "median_ms" in r:
             r["vs_plain"] = r["median_ms"] / base
     return rows

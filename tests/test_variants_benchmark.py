@@ -1,6 +1,8 @@
-"""The variant benchmark rows on a tiny shape: the plain loop they are measured against
-computes what LayerNormLSTM computes, and every row carries its time and ratio."""
+"""The variant benchmark rows on a tiny shape: the plain implementation each is measured
+against computes what the fused module computes (outputs and gradients), and every row
+carries its time and ratio."""
 
+import dataclasses
 import pathlib
 import sys
 
@@ -16,15 +18,17 @@ from benchmarks.cases import Shape  # noqa: E402
 from fused_rnn import backends  # noqa: E402
 from fused_rnn.testing import assert_close  # noqa: E402
 
-TINY = Shape(T=5, B=3, I=4, H=6)
+TINY = Shape(T=5, B=3, I=4, H=16)  # H: a multiple of the headwise rows' heads
 
 
-def test_plain_loop_is_the_module(backend):
-    if "variants" not in backends.get_backend(backend).modules:
-        pytest.skip(f"backend {backend!r} has no variants op (yet)")
-    w = V.build_workload(TINY, dtype=torch.float64)
+@pytest.mark.parametrize("name", V.VARIANTS)
+def test_plain_implementation_is_the_module(backend, name):
+    variant = V.VARIANTS[name]
+    if variant.op not in backends.get_backend(backend).modules:
+        pytest.skip(f"backend {backend!r} has no {variant.op} op (yet)")
+    w = V.build_workload(variant, TINY, dtype=torch.float64)
     got = V.forward_fn(w, V.FUSED_PREFIX + backend)(w.x)
-    want = V.plain_layer_norm_lstm(w.module, w.x)
+    want = variant.plain(w.module, w.x)
     assert_close(got, want, rtol=1e-7, atol=1e-9, name="output")
     up = torch.randn_like(want)
     leaves = [w.x, *w.module.parameters()]
@@ -34,9 +38,10 @@ def test_plain_loop_is_the_module(backend):
 
 
 def test_rows_have_times_and_ratios():
-    rows = V.measure_rows(["reference"], torch.device("cpu"), torch.float32, 0, 2, shapes=(TINY,))
-    assert [(r["mode"], r["implementation"]) for r in rows] == [
-        (m, i) for m in V.MODES for i in (V.PLAIN, V.FUSED_PREFIX + "reference")]
+    tiny = [dataclasses.replace(v, shapes=(TINY,)) for v in V.VARIANTS.values()]
+    rows = V.measure_rows(["reference"], torch.device("cpu"), torch.float32, 0, 2, variants=tiny)
+    assert [(r["variant"], r["mode"], r["implementation"]) for r in rows] == [
+        (v, m, i) for v in V.VARIANTS for m in V.MODES for i in (V.PLAIN, V.FUSED_PREFIX + "reference")]
     for r in rows:
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and len(r["times_ms"]) == 2
         assert r["vs_plain"] > 0 and r["max_abs_diff_vs_plain"] < 1e-5
