@@ -13,6 +13,7 @@ it computes and returns the autocast dtype, as the matmuls it replaces would.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -64,3 +65,14 @@ def run_cast(plan: tuple, fn, *args, **kwargs):
     with torch.autocast(device, enabled=False):
         out = fn(*_cast(args, compute), **{k: _cast(v, compute) for k, v in kwargs.items()})
     return _cast(out, result)
+
+
+def without_autocast(fn):
+    """``fn`` with autocast off on CPU and CUDA. For the Functions' backward: a backward run
+    inside an autocast region (``loss.backward()`` under ``torch.autocast``) must compute
+    as its forward did, as torch.nn's recurrences do, not in the autocast dtype."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+    return run

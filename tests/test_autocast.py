@@ -85,3 +85,30 @@ def test_autocast_attention_computes_in_bf16_close_to_fp32(backend_name, score):
     assert context.dtype == weights.dtype == torch.bfloat16
     assert (context.double() - exact_context).abs().max() < 5e-2
     assert (weights.double() - exact_weights).abs().max() < 2e-2
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "attention"])
+def test_backward_inside_autocast_computes_as_its_forward(backend, name):
+    """``loss.backward()`` inside a ``torch.autocast`` region, after an fp32 forward outside
+    it: the gradients are the fp32 ones (as torch.nn's), not recomputed in bf16 by the
+    GEMMs the backward runs."""
+    if name == "attention":  # the fused op itself (a module's nn.Linear is torch's business)
+        v = randn(12, requires_grad=True)
+        module = lambda q, k: fused_rnn.functional.attention(q, k, score="additive", v=v)  # noqa: E731
+        args = (randn(2, 3, 12, requires_grad=True), randn(2, 7, 12, requires_grad=True))
+        leaves = [*args, v]
+    else:
+        module = MODULES[name][1](I, H)
+        args = (randn(T, B, I, requires_grad=True),)
+        leaves = [args[0], *module.parameters()]
+    if backend == "reference":
+        pytest.skip("reference is plain PyTorch autograd: its backward ops follow an enclosing "
+                    "autocast, as any PyTorch code's do")
+    grads = []
+    for inside in (False, True):
+        out = _outputs(module(*args))[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inside):
+            grads.append(torch.autograd.grad(out.sum(), leaves))
+    for a, b in zip(*grads):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

@@ -160,3 +160,23 @@ def test_saved_like_is_what_forward_saves(mode, layer_norm, dtype):
     args = (mode, True, c["x"], c["h0"], c["c0"], c["w"], c["lengths"], c["keep_h"], c["keep_c"])
     real, like = stepwise._fwd(*args)[3], stepwise.saved_like(*args)
     assert [(t.shape, t.dtype) for t in like] == [(t.shape, t.dtype) for t in real]
+
+
+@pytest.mark.parametrize("op", ["variant", "recurrence"])
+def test_the_ops_ignore_an_enclosing_autocast(op):
+    """A backward may run under autocast: the loops' own GEMMs must still return x's dtype
+    (the kernels read their results as x's), so the ops run with autocast off."""
+    ops = torch.ops.fused_rnn
+    case = per_layer.make_case(LSTM, True, "train", True)
+    x, h0, c0 = (case[k].float() for k in ("x", "h0", "c0"))
+    w = [t.float() for t in case["w"]]
+    if op == "variant":
+        run = lambda: ops.stepwise_variant_forward(0, False, x, h0, c0, None, *w, None, None, False)  # noqa: E731
+    else:
+        run = lambda: ops.stepwise_recurrence_forward(0, False, x, h0, c0, None, *w[:4], None, False)  # noqa: E731
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = run()
+    for a, b in zip(plain[:3], under[:3]):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

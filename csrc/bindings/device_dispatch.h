@@ -11,6 +11,7 @@
 
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <type_traits>
 
@@ -89,9 +90,12 @@ auto with_runner(const at::Tensor& x, const G& g) {
 
 // The prologue of a recurrent layer's op: g(T{}, A{}, runner, x, lengths on x's device,
 // lengths on the CPU) under x's device guard, with x contiguous, its storage types and its
-// device's runner (Host or Cuda, as with_runner).
+// device's runner (Host or Cuda, as with_runner). Autocast is off inside: the loops' own
+// GEMMs must return x's dtype, whose pointers the kernels read as T (a backward may run
+// under autocast).
 template <template <class, class> class Host, template <class, class> class Cuda, typename G>
 auto with_layer_runner(const at::Tensor& x_, const c10::optional<at::Tensor>& lengths, const G& g) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const c10::DeviceGuard guard(x_.device());
   const at::Tensor x = x_.contiguous();
   const at::Tensor len_cpu = opt(lengths);  // contiguous: host loops read it densely

@@ -179,20 +179,14 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
     bool need_saved) {
   check_device(x_, "x");
   check_recurrence_args(mode, x_, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
-  const c10::DeviceGuard guard(x_.device());
-  const Tensor x = x_.contiguous();
-  const Tensor len_cpu = opt(lengths);  // contiguous: the host loop reads it densely
-  const Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : Tensor();
-  const int64_t seq_rows = layer_sequence_rows(mode, x, w_hh, w_hr);
-  return with_storage(x, [&](auto t, auto a) {
-    using T = decltype(t);
-    using A = decltype(a);
-    return with_runner<T, A, HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(x, [&](const auto& points) {
-      return stepwise::forward<T, A>(int(mode), reverse, x, h0.contiguous(), opt(c0), len,
-                                     w_ih.contiguous(), w_hh.contiguous(), opt(b_ih), opt(b_hh),
-                                     opt(w_hr), need_saved, seq_rows, points);
-    });
-  });
+  return with_layer_runner<HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(
+      x_, lengths, [&](auto t, auto a, const auto& points, const Tensor& x, const Tensor& len,
+                       const Tensor&) {
+        return stepwise::forward<decltype(t), decltype(a)>(
+            int(mode), reverse, x, h0.contiguous(), opt(c0), len, w_ih.contiguous(),
+            w_hh.contiguous(), opt(b_ih), opt(b_hh), opt(w_hr), need_saved,
+            layer_sequence_rows(mode, x, w_hh, w_hr), points);
+      });
 }
 
 std::vector<Tensor> backward(int64_t mode, bool reverse, const Tensor& x_, const Tensor& h0,
@@ -207,21 +201,14 @@ std::vector<Tensor> backward(int64_t mode, bool reverse, const Tensor& x_, const
   const bool proj = w_hr.has_value() && w_hr->defined();
   check_saved(mode, x_, s, proj, saved);
   check_output_grads(mode, x_, s, dy, dh_n, dc_n);
-  const c10::DeviceGuard guard(x_.device());
-  const Tensor x = x_.contiguous();
-  const Tensor len_cpu = opt(lengths);
-  const Tensor len = len_cpu.defined() ? len_cpu.to(x.device()) : Tensor();
-  const int64_t seq_rows = layer_sequence_rows(mode, x, w_hh, w_hr);
-  return with_storage(x, [&](auto t, auto a) {
-    using T = decltype(t);
-    using A = decltype(a);
-    return with_runner<T, A, HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(x, [&](const auto& points) {
-      return stepwise::backward<T, A>(int(mode), reverse, x, len, len_cpu, w_ih.contiguous(),
-                                      w_hh.contiguous(), opt(b_ih).defined(), opt(w_hr),
-                                      saved.vec(), dy.contiguous(), opt(dh_n), opt(dc_n),
-                                      seq_rows, points);
-    });
-  });
+  return with_layer_runner<HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(
+      x_, lengths, [&](auto t, auto a, const auto& points, const Tensor& x, const Tensor& len,
+                       const Tensor& len_cpu) {
+        return stepwise::backward<decltype(t), decltype(a)>(
+            int(mode), reverse, x, len, len_cpu, w_ih.contiguous(), w_hh.contiguous(),
+            opt(b_ih).defined(), opt(w_hr), saved.vec(), dy.contiguous(), opt(dh_n), opt(dc_n),
+            layer_sequence_rows(mode, x, w_hh, w_hr), points);
+      });
 }
 
 }  // namespace

@@ -140,8 +140,9 @@ FUSED_RNN_HD void variant_fwd_row(const VariantFwdArgs<T, A>& a, int64_t b, cons
       if (a.y) put(a.y + (s.t * s.B + b) * H + j, A(0));
       if (sv.ct) sv.ct[u] = A(0);
     }
-    if (sv.gh_hat) {
-      for (int64_t c = blk.rank(); c < GH; c += blk.size()) put(sv.gh_hat + b * GH + c, A(0));
+    for (int64_t c = blk.rank(); c < 4 * H; c += blk.size()) {
+      if (sv.acts) put(sv.acts + b * 4 * H + c, A(0));  // deterministic saved tensors
+      if (sv.gh_hat && c < GH) put(sv.gh_hat + b * GH + c, A(0));
     }
     if (blk.rank() == 0) {
       if (sv.gh_rstd) sv.gh_rstd[b] = A(0);
@@ -270,8 +271,8 @@ FUSED_RNN_HD void variant_bwd_row(const VariantBwdArgs<T, A>& a, int64_t b, cons
   Pair<A> hm{A(0), A(0)};  // the hidden norm's sums of dah ln_hh and dah ln_hh gh_hat
   const auto hidden_part = [&](int64_t c, A v) {
     put(dah + b * GH + c, v);
-    if (a.ln_hh) {
-      const A d_hat = v * A(to_acc(a.ln_hh[c]));
+    if (a.ln_hh) {  // from dah as stored, as the norm's backward below reads it
+      const A d_hat = A(to_acc(dah[b * GH + c])) * A(to_acc(a.ln_hh[c]));
       hm.x += d_hat;
       hm.y += d_hat * A(to_acc(sv.gh_hat[b * GH + c]));
     }
@@ -323,6 +324,8 @@ FUSED_RNN_HD void variant_bwd_row(const VariantBwdArgs<T, A>& a, int64_t b, cons
 #if defined(__CUDACC__)
 
 constexpr int kVariantThreads = 256;
+static_assert(kVariantThreads % 32 == 0 && kVariantThreads <= 1024,
+              "DeviceBlock reduces whole warps into 32 slots per sum");
 
 template <int MODE, typename T, typename A>
 __global__ void __launch_bounds__(kVariantThreads) variant_fwd_kernel(const VariantFwdArgs<T, A> a) {

@@ -13,6 +13,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from ...autocast import without_autocast
 from .library import compiled_attention
 from .reference import ADDITIVE, GENERAL, SCALED_DOT
 
@@ -28,6 +29,7 @@ class AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_autocast
     def backward(ctx, dcontext, dweights):
         q, k, values, v, valid, *saved = ctx.saved_tensors
         if dcontext is None:

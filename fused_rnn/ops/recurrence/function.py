@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from ...autocast import without_autocast
 from .cells import LSTM, LayerWeights
 
 
@@ -53,6 +54,7 @@ class LayerFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_autocast
     def backward(ctx, dy, dh_n, dc_n=None):
         x, h0, c0, lengths, *rest = ctx.saved_tensors
         n, m = ctx.n_extras, ctx.n_extras + len(ctx.weights_type._fields)
