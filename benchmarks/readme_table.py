@@ -79,7 +79,7 @@ def attention_lines(rows: list) -> list:
 def variant_lines(rows: list) -> list:
     fused = [r for r in rows if "variant" in r and r["implementation"] != "plain-pytorch"]
     return _markdown(
-        ["variant", "shape", "mode", "implementation", "ms", "vs plain-PyTorch loop"],
+        ["variant", "shape", "mode", "implementation", "ms", "vs plain PyTorch"],
         [[r["variant"], f"T{r['T']} B{r['B']} I{r['I']} H{r['H']}", r["mode"],
           r["implementation"], f"{r['median_ms']:.1f}", _ratio(r.get("vs_plain"))]
          for r in fused], blank_before=False)
