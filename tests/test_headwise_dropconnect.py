@@ -61,6 +61,30 @@ def test_headwise_equals_dense_block_diagonal(backend, kind, dt):
         assert_close(a, e, rtol=rtol, atol=atol, name=f"grad {n}")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_zoneout_headwise_equals_dense(backend, kind):
+    """With zoneout the layers run one recurrence per head too: the variant recurrence on
+    the dense block-diagonal W_hh under the same seed (the same keeps) computes the same,
+    outputs and gradients."""
+    from fused_rnn.ops.variants.function import variant_recurrence
+    from fused_rnn.ops.variants.layout import VariantWeights
+
+    m = KINDS[kind][0](6, 8, bidirectional=True, num_heads=4, zoneout=0.3).double().train()
+    x = randn(5, 3, 6, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(3)
+    out = m(x)[0]
+    dense = [[VariantWeights(w.w_ih, headwise_to_dense(w.w_hh), w.b_ih, w.b_hh) for w in dirs]
+             for dirs in m._variant_weights()]
+    torch.manual_seed(3)
+    want = variant_recurrence(m.mode, x, None, dense, training=True, zoneout=0.3)[0]
+    rtol, atol = tolerance(backend, torch.float64)
+    assert_close(out, want, rtol=rtol, atol=atol, name="output")
+    g = torch.randn_like(out)
+    leaves = [x, *m.parameters()]
+    for a, e in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(want, leaves, g)):
+        assert_close(a, e, rtol=rtol, atol=atol, name="grad")
+
+
 def test_headwise_layers_run_one_recurrence_per_head(monkeypatch):
     """The kernels see each head on its own (Hh units, its W_hh block), never the dense
     block-diagonal matrix."""

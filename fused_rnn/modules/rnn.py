@@ -19,7 +19,7 @@ from ..ops.variants.function import variant_recurrence
 from ..ops.variants.layout import VariantWeights
 from ..ops.recurrence.checks import check_float_tensor, shape_str
 from .recurrent_weights import (check_heads, check_recurrent_dropout, check_zoneout,
-                                drop_connect, headwise_to_dense)
+                                drop_connect)
 
 
 def _unbatch_hx(hx, name: str):
@@ -72,17 +72,15 @@ class _FusedRecurrence:
                 blocks = torch.empty(K, GATES[self.mode] * Hh, Hh, dtype=old.dtype, device=old.device)
                 setattr(self, name, torch.nn.Parameter(blocks.uniform_(-bound, bound)))
 
-    def _forward_weights(self, dense: bool = False) -> list:
+    def _forward_weights(self) -> list:
         """``_flat_weights`` as the kernels take them: DropConnect applied; headwise ``W_hh``
-        as its blocks (the layers run one recurrence per head, ops/recurrence/headwise.py),
-        or ``dense``."""
+        as its blocks (the layers run one recurrence per head, ops/recurrence/headwise.py)."""
         weights = list(self._flat_weights)
-        if self.num_heads == 1 and not (self.training and self.recurrent_dropout):
+        if not (self.training and self.recurrent_dropout):
             return weights
         for i, name in enumerate(self._flat_weights_names):
             if name.startswith("weight_hh"):
-                w = drop_connect(weights[i], self.recurrent_dropout, self.training)
-                weights[i] = headwise_to_dense(w) if dense and self.num_heads > 1 else w
+                weights[i] = drop_connect(weights[i], self.recurrent_dropout, self.training)
         return weights
 
     def flatten_parameters(self) -> None:
@@ -141,7 +139,7 @@ class _FusedRecurrence:
         """``[[VariantWeights per direction] per layer]`` of the weights the kernels take."""
         D = 2 if self.bidirectional else 1
         return [[VariantWeights(*w[:4]) for w in dirs] for dirs in
-                split_flat_weights(self._forward_weights(dense=True), self.num_layers, D, self.bias)]
+                split_flat_weights(self._forward_weights(), self.num_layers, D, self.bias)]
 
 
 _EXTRAS_DOC = (" Keywords beyond torch.nn's, off by default: ``num_heads`` (headwise, "

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from .cells import LayerWeights
-
-
-def is_headwise(w: LayerWeights) -> bool:
+def is_headwise(w) -> bool:
     return w.w_hh.dim() == 3
 
 
-def head_weights(w: LayerWeights) -> list:
-    """The ``LayerWeights`` of each head of a layer whose ``w_hh`` holds the blocks
-    ``[K, G*Hh, Hh]`` (``w_ih [G*H, I]`` and the biases ``[G*H]`` gate-major, as torch.nn's)."""
+def head_weights(w) -> list:
+    """The weights of each head of a layer whose ``w_hh`` holds the blocks ``[K, G*Hh, Hh]``
+    (``w_ih [G*H, I]`` and the biases ``[G*H]`` gate-major, as torch.nn's): ``LayerWeights``
+    or ``VariantWeights`` as ``w``, its fields past the biases None (no projection, no norm)."""
     K, GHh, Hh = w.w_hh.shape
     G = GHh // Hh
 
@@ -31,19 +29,22 @@ def head_weights(w: LayerWeights) -> list:
         rest = t.shape[1:]
         return t.view(G, K, Hh, *rest).transpose(0, 1).reshape(K, GHh, *rest).unbind(0)
 
-    return [LayerWeights(*parts, None) for parts in zip(by_head(w.w_ih), w.w_hh.unbind(0),
-                                                       by_head(w.b_ih), by_head(w.b_hh))]
+    unused = [None] * (len(w) - 4)
+    return [type(w)(*parts, *unused) for parts in zip(by_head(w.w_ih), w.w_hh.unbind(0),
+                                                     by_head(w.b_ih), by_head(w.b_hh))]
 
 
-def run_heads(run_one, reverse, x, h0, c0, w: LayerWeights, lengths):
-    """``run_one(reverse, x, h0, c0, w, lengths) -> (y, h_n, c_n)`` for each head, joined
-    on the feature axis: the layer's ``(y [T, B, H], h_n [B, H], c_n [B, H] or None)``."""
+def run_heads(run_one, reverse, x, h0, c0, w, lengths, *per_unit):
+    """``run_one(reverse, x, h0, c0, w, lengths, *per_unit) -> (y, h_n, c_n)`` for each
+    head, joined on the feature axis: the layer's ``(y [T, B, H], h_n [B, H], c_n [B, H] or
+    None)``. ``per_unit``: tensors over the hidden units on their last axis (zoneout keeps,
+    [T, B, H]) or None, each head given its units."""
     Hh = w.w_hh.shape[2]
     outs = []
     for k, wk in enumerate(head_weights(w)):
         units = slice(k * Hh, (k + 1) * Hh)
-        outs.append(run_one(reverse, x, h0[:, units], None if c0 is None else c0[:, units],
-                            wk, lengths))
+        part = lambda t: None if t is None else t[..., units]  # noqa: E731
+        outs.append(run_one(reverse, x, part(h0), part(c0), wk, lengths, *map(part, per_unit)))
     y, h_n, c_n = zip(*outs)
     return (torch.cat(y, -1), torch.cat(h_n, -1),
             None if c_n[0] is None else torch.cat(c_n, -1))
