@@ -28,7 +28,7 @@ from .ops.recurrence.library import compiled_layer
 def _weight_sizes(mode: str, w: LayerWeights) -> dict:
     """The sizes a backend sees: a headwise layer's calls are one head wide."""
     return {"mode": mode, "input_size": w.w_ih.shape[1],
-            "hidden_size": w.w_hh.shape[-1] if headwise.is_headwise(w) else w.w_ih.shape[0] // GATES[mode],
+            "hidden_size": headwise.call_hidden_size(w, GATES[mode]),
             "proj_size": 0 if w.w_hr is None else w.w_hr.shape[0]}
 
 

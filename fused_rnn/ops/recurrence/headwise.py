@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import torch
 
+
 def is_headwise(w) -> bool:
+    """``w`` (``LayerWeights`` or ``VariantWeights``) holds ``w_hh`` as head blocks."""
     return w.w_hh.dim() == 3
+
+
+def call_hidden_size(w, gates: int) -> int:
+    """The hidden size one kernel call of this layer sees: a head's, or the layer's."""
+    return w.w_hh.shape[-1] if is_headwise(w) else w.w_ih.shape[0] // gates
 
 
 def head_weights(w) -> list:

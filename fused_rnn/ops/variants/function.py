@@ -60,14 +60,16 @@ def _layer_runner(mode: str, x: torch.Tensor, w: VariantWeights, zoneout: float)
     """As ``functional._layer_runner``: custom ops under torch.compile (``library.py``),
     with the batch size out of the backend choice, else the autograd Function."""
     sizes = {"mode": mode, "input_size": w.w_ih.shape[1],
-             "hidden_size": w.w_hh.shape[-1] if headwise.is_headwise(w) else w.w_ih.shape[0] // GATES[mode],
+             "hidden_size": headwise.call_hidden_size(w, GATES[mode]),
              "layer_norm": w.layer_norm, "zoneout": zoneout}
     if torch.compiler.is_compiling():
         name = backends.select_name("variants", x.device.type, x.dtype, tuple(sizes.items()))
-        return functools.partial(compiled_variant_layer, name, mode)
-    sizes["batch"] = x.shape[1]
-    ops = backends.select(backends.OpCall("variants", x.device, x.dtype, sizes)).ops("variants")
-    return functools.partial(variant_layer, ops, mode)
+        run = functools.partial(compiled_variant_layer, name, mode)
+    else:
+        sizes["batch"] = x.shape[1]
+        ops = backends.select(backends.OpCall("variants", x.device, x.dtype, sizes)).ops("variants")
+        run = functools.partial(variant_layer, ops, mode)
+    return functools.partial(headwise.run_heads, run) if headwise.is_headwise(w) else run
 
 
 def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_first: bool = False,
@@ -105,13 +107,11 @@ def variant_recurrence(mode: str, input: torch.Tensor, hx, layers, *, batch_firs
     _check_layer_norm_weights(layers, x, mode)
     h0, c0 = _initial_state(mode, hx, plain, x)
     lengths = normalize_lengths(lengths, x.shape[1], x.shape[0])
+    if headwise.is_headwise(layers[0][0]) and layers[0][0].layer_norm:
+        raise ValueError("headwise w_hh does not combine with layer norm (the norms over all "
+                         "gates would couple the heads)")
     run = _layer_runner(mode, x, layers[0][0], zoneout)
     H = plain[0][0].w_ih.shape[0] // GATES[mode]
-    if headwise.is_headwise(layers[0][0]):
-        if layers[0][0].layer_norm:
-            raise ValueError("headwise w_hh does not combine with layer norm (the norms over "
-                             "all gates would couple the heads)")
-        run = functools.partial(headwise.run_heads, run)
 
     def run_layer(reverse, x, h0, c0, w, lengths):
         keep_h, keep_c = draw_keeps(zoneout, training, (x.shape[0], x.shape[1], H), mode == LSTM, x)
