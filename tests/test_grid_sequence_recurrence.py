@@ -117,11 +117,11 @@ def test_the_plan_takes_the_multi_block_path_where_one_block_cannot(monkeypatch)
     x = torch.zeros(4, 3, 5)
     assert _plan(LSTM, x, torch.zeros(4 * 100, 100)) == [2, 0, 2]      # single-block, 2 tiles
     assert _plan(LSTM, x, torch.zeros(4 * 102, 102)) == [2, 34, 3]     # 3 blocks of 34 units
-    # 175 units a block: 4*525*175*4 = 1 470 000 bytes do not fit.
-    assert _plan(LSTM, x, torch.zeros(4 * 525, 525)) == [0, 0, 0]
-    # The largest fp32 LSTM on 3 blocks: H = 175, 59 units a block (4*175*59 + 2*(700 + 59)) * 4.
-    assert _plan(LSTM, x, torch.zeros(4 * 175, 175)) == [2, 59, 3]
-    assert _plan(LSTM, x, torch.zeros(4 * 176, 176)) == [1, 59, 3]     # one row a chunk
+    # The largest fp32 LSTM on 3 blocks: H = 174, 58 units a block, one row a chunk:
+    # (4*174*58 + 1 * (4*174 + 58)) * 4 = 164 480 bytes; two rows at H = 173.
+    assert _plan(LSTM, x, torch.zeros(4 * 173, 173)) == [2, 58, 3]
+    assert _plan(LSTM, x, torch.zeros(4 * 174, 174)) == [1, 58, 3]
+    assert _plan(LSTM, x, torch.zeros(4 * 175, 175)) == [0, 0, 0]     # 168 236 bytes
     assert _plan(LSTM, x, torch.zeros(4 * 8, 4), torch.zeros(4, 8)) == [0, 0, 0]  # projection
     monkeypatch.setenv("FUSED_RNN_CUDA_SEQUENCE", "1")
     assert _plan(LSTM, x, torch.zeros(4 * 8, 8)) == [2, 0, 2]
