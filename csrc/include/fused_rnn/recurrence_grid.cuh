@@ -234,7 +234,7 @@ FUSED_RNN_UNROLL
     }
     for (int64_t e = blk.rank(); e < rows * n; e += blk.size()) {
       const int64_t r = e / n, jl = e % n;
-      bwd_point_with<MODE>(p, r0 + r, sl.u0 + jl, last ? A(0) : A(to_acc(dhr[r * n + jl])));
+      bwd_point_with<MODE>(p, r0 + r, sl.u0 + jl, [&] { return last ? A(0) : A(to_acc(dhr[r * n + jl])); });
     }
   }
 }

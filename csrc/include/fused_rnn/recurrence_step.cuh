@@ -218,16 +218,17 @@ FUSED_RNN_HD void fwd_point(const FwdStepArgs<T, A>& a, int64_t b, int64_t j) {
   fwd_point_with<MODE>(a, b, j, [&](int k) { return to_acc(gh[k * a.s.H]); });
 }
 
-// Backward, row b, unit j < H, with dh_rec = (da_h[t+1] W_hh)[b, j] given as a value (0 at the
-// last step): bwd_point reads it from a.dh_rec; the multi-block kernel from shared memory.
-template <int MODE, typename T, typename A>
-FUSED_RNN_HD void bwd_point_with(const BwdStepArgs<T, A>& a, int64_t b, int64_t j, A dh_rec) {
+// Backward, row b, unit j < H, with dh_rec_at() = (da_h[t+1] W_hh)[b, j] (0 at the last step):
+// bwd_point reads it from a.dh_rec; the multi-block kernel from shared memory. A callable, read
+// only where needed, as the step kernel always did (a value read up front made ptxas spill it).
+template <int MODE, typename T, typename A, typename RecAt>
+FUSED_RNN_HD void bwd_point_with(const BwdStepArgs<T, A>& a, int64_t b, int64_t j, const RecAt& dh_rec_at) {
   const StepShape& s = a.s;
   const int64_t H = s.H, GH = int64_t(gate_count(MODE)) * H, u = b * H + j;
   T* da = a.da + b * GH + j;  // [G*H] from unit j
   const bool proj = MODE == kLSTM && a.gy != nullptr;
   // dL/dh' without dy; with a projection projection_bwd_pre has done dh already.
-  const A g_carry = proj ? A(0) : a.dh[u] + dh_rec;
+  const A g_carry = proj ? A(0) : a.dh[u] + A(dh_rec_at());
   if (!s.active(b)) {
     for (int k = 0; k < gate_count(MODE); ++k) put(da + k * H, A(0));
     if (MODE == kGRU && a.da_h) {
@@ -270,7 +271,7 @@ FUSED_RNN_HD void bwd_point_with(const BwdStepArgs<T, A>& a, int64_t b, int64_t 
 // Backward, row b, unit j < H: the per-step path's, dh_rec from a.dh_rec.
 template <int MODE, typename T, typename A>
 FUSED_RNN_HD void bwd_point(const BwdStepArgs<T, A>& a, int64_t b, int64_t j) {
-  bwd_point_with<MODE>(a, b, j, ld0<A>(a.dh_rec, b * a.s.H + j));
+  bwd_point_with<MODE>(a, b, j, [&] { return ld0<A>(a.dh_rec, b * a.s.H + j); });
 }
 
 // Projection forward post, row b, unit j < P.
