@@ -1,8 +1,10 @@
 // torch.ops.fused_rnn.stepwise_recurrence_forward / _backward: the cuda backend's
 // recurrence (csrc/stepwise/recurrence_loop.h: a GEMM per step through ATen, then the fused
 // pointwise step kernel of recurrence_step.cuh; or, where sequence_plan.h says so, one
-// whole-sequence launch of recurrence_sequence.cuh for all steps).
-// torch.ops.fused_rnn.stepwise_sequence_rows tells which: the rows per tile, 0 per step.
+// whole-sequence launch for all steps: recurrence_sequence.cuh, one block per batch tile, or
+// recurrence_grid.cuh, the hidden units over several blocks).
+// torch.ops.fused_rnn.stepwise_sequence_plan tells which: [rows, units, blocks] (rows 0: per
+// step; units 0: single-block); stepwise_sequence_rows the single-block path's rows, else 0.
 //
 // CUDA tensors (a build with FUSED_RNN_WITH_CUDA): the kernels, through the launchers of
 // recurrence_launch.h, on the current stream of x's device. CPU tensors (every build): the
@@ -55,6 +57,24 @@ void each_tile(int mode, const cuda::SeqShape& s, const F& f) {
   });
 }
 
+// A whole-sequence run of the multi-block kernels on the host: every block's slice loaded into
+// its own "shared memory", then per step every block's step (blocks on host threads), the end
+// of at::parallel_for being the grid barrier. Steps go in the kernel's order: `steps` lists
+// them.
+template <typename T, typename Load, typename Step>
+void each_grid_step(int mode, const cuda::SeqShape& s, int64_t units, int64_t first, int64_t stride,
+                    const Load& load, const Step& step) {
+  const int64_t blocks = cuda::grid_blocks(s.H, units);
+  const int64_t elems = cuda::grid_smem_elems(mode, s.H, units, s.rows);
+  std::vector<std::vector<T>> smem(static_cast<size_t>(blocks), std::vector<T>(static_cast<size_t>(elems)));
+  for (int64_t k = 0; k < blocks; ++k) load(k, smem[k].data());
+  for (int64_t i = 0, t = first; i < s.steps; ++i, t += stride) {
+    at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) step(k, t, smem[k].data());
+    });
+  }
+}
+
 template <typename T, typename A>
 struct HostPoints {
   void fwd(int mode, const cuda::FwdStepArgs<T, A>& a) const {
@@ -85,6 +105,24 @@ struct HostPoints {
       each_tile<T>(mode, a.s, [&](int64_t k, T* smem) {
         cuda::sequence_bwd_tile<decltype(m)::value>(a, k, smem, cuda::HostBlock{});
       });
+    });
+  }
+  void grid_fwd(int mode, const cuda::SeqFwdArgs<T, A>& a, int64_t units) const {
+    cuda::with_mode(mode, [&](auto m) {
+      constexpr int M = decltype(m)::value;
+      each_grid_step<T>(
+          mode, a.s, units, 0, 1,
+          [&](int64_t k, T* smem) { cuda::grid_fwd_load<M>(a, units, k, smem, cuda::HostBlock{}); },
+          [&](int64_t k, int64_t t, T* smem) { cuda::grid_fwd_step<M>(a, units, k, t, smem, cuda::HostBlock{}); });
+    });
+  }
+  void grid_bwd(int mode, const cuda::SeqBwdArgs<T, A>& a, int64_t units) const {
+    cuda::with_mode(mode, [&](auto m) {
+      constexpr int M = decltype(m)::value;
+      each_grid_step<T>(
+          mode, a.s, units, a.s.steps - 1, -1,
+          [&](int64_t k, T* smem) { cuda::grid_bwd_load<M>(a, units, k, smem, cuda::HostBlock{}); },
+          [&](int64_t k, int64_t t, T* smem) { cuda::grid_bwd_step<M>(a, units, k, t, smem, cuda::HostBlock{}); });
     });
   }
 };
@@ -134,42 +172,71 @@ struct CudaPoints {
   void sequence_bwd(int mode, const cuda::SeqBwdArgs<T, A>& a) const {
     check_launch(cuda::launch_sequence_bwd(mode, a, stream), "whole-sequence recurrence backward");
   }
+  void grid_fwd(int mode, const cuda::SeqFwdArgs<T, A>& a, int64_t units) const {
+    check_launch(cuda::launch_grid_fwd(mode, a, units, stream), "multi-block whole-sequence recurrence");
+  }
+  void grid_bwd(int mode, const cuda::SeqBwdArgs<T, A>& a, int64_t units) const {
+    check_launch(cuda::launch_grid_bwd(mode, a, units, stream),
+                 "multi-block whole-sequence recurrence backward");
+  }
 };
 #endif
 
-// The tile budget of x's device. CPU tensors: as an sm_80 device, with two rows a tile so
-// that the tests' small batches span several tiles, the last one partial.
+// The budget of x's device. CUDA: its opt-in shared memory; single-block tiles that spread the
+// batch over the multiprocessors; one multi-block block per multiprocessor (the launcher
+// checks the occupancy), chunks of kSeqMaxRows rows. CPU tensors: as an sm_80 device's
+// shared memory, with two rows a tile or chunk so that the tests' small batches span several,
+// the last one partial, and at most 3 blocks, so that their H splits over several blocks
+// (H = 13: 5, 5, 3 units).
 stepwise::TileBudget tile_budget(const Tensor& x, int64_t B) {
 #ifdef FUSED_RNN_WITH_CUDA
   if (x.is_cuda()) {
     int64_t smem = 0, sms = 1;
     check_launch(cuda::sequence_device_limits(x.device().index(), &smem, &sms),
                  "whole-sequence recurrence (device query)");
-    return {smem, (B + sms - 1) / std::max<int64_t>(sms, 1)};
+    return {smem, (B + sms - 1) / std::max<int64_t>(sms, 1), std::max<int64_t>(sms, 1), cuda::kSeqMaxRows};
   }
 #endif
   (void)x;
   (void)B;
-  return {cuda::kSeqSmemSm80, 2};
+  return {cuda::kSeqSmemSm80, 2, 3, 2};
 }
 
-// The whole-sequence path's rows per tile for this layer, 0 for the per-step loop.
-int64_t layer_sequence_rows(int64_t mode, const Tensor& x, const Tensor& w_hh,
-                            const optional<Tensor>& w_hr) {
+// The loop this layer runs (sequence_plan.h).
+stepwise::SequencePlan layer_plan(int64_t mode, const Tensor& x, const Tensor& w_hh,
+                                  const optional<Tensor>& w_hr) {
   const int64_t B = x.size(1), H = w_hh.size(1);
   const bool proj = w_hr.has_value() && w_hr->defined();
-  return stepwise::sequence_rows(int(mode), B, proj ? w_hr->size(1) : H, proj, x.element_size(),
+  return stepwise::sequence_plan(int(mode), B, proj ? w_hr->size(1) : H, proj, x.element_size(),
                                  tile_budget(x, B));
 }
 
-int64_t sequence_rows_op(int64_t mode, const Tensor& x, const Tensor& w_hh,
-                         const optional<Tensor>& w_hr) {
+stepwise::SequencePlan plan_op_args(int64_t mode, const Tensor& x, const Tensor& w_hh,
+                                    const optional<Tensor>& w_hr) {
   check_device(x, "x");
   TORCH_CHECK(mode >= 0 && mode <= 3, "fused_rnn: mode must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) "
               "or 3 (RNN relu), got ", mode);
   TORCH_CHECK(x.dim() == 3, "fused_rnn: x must have 3 dimensions [T, B, I], got ", x.dim());
   TORCH_CHECK(w_hh.dim() == 2, "fused_rnn: w_hh must have 2 dimensions [G*H, P], got ", w_hh.dim());
-  return layer_sequence_rows(mode, x, w_hh, w_hr);
+  return layer_plan(mode, x, w_hh, w_hr);
+}
+
+// The single-block path's rows per tile, 0 for any other loop.
+int64_t sequence_rows_op(int64_t mode, const Tensor& x, const Tensor& w_hh,
+                         const optional<Tensor>& w_hr) {
+  const stepwise::SequencePlan plan = plan_op_args(mode, x, w_hh, w_hr);
+  return plan.single_block() ? plan.rows : 0;
+}
+
+// [rows, units, blocks]: [0, 0, 0] the per-step loop; [rows per tile, 0, tiles] single-block;
+// [rows per chunk, units per block, blocks] multi-block.
+std::vector<int64_t> sequence_plan_op(int64_t mode, const Tensor& x, const Tensor& w_hh,
+                                      const optional<Tensor>& w_hr) {
+  const stepwise::SequencePlan plan = plan_op_args(mode, x, w_hh, w_hr);
+  const int64_t B = x.size(1), H = w_hh.size(1);
+  const int64_t blocks = plan.grid() ? cuda::grid_blocks(H, plan.units)
+                         : plan.single_block() ? (B + plan.rows - 1) / plan.rows : 0;
+  return {plan.rows, plan.units, blocks};
 }
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
@@ -185,7 +252,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
         return stepwise::forward<decltype(t), decltype(a)>(
             int(mode), reverse, x, h0.contiguous(), opt(c0), len, w_ih.contiguous(),
             w_hh.contiguous(), opt(b_ih), opt(b_hh), opt(w_hr), need_saved,
-            layer_sequence_rows(mode, x, w_hh, w_hr), points);
+            layer_plan(mode, x, w_hh, w_hr), points);
       });
 }
 
@@ -207,7 +274,7 @@ std::vector<Tensor> backward(int64_t mode, bool reverse, const Tensor& x_, const
         return stepwise::backward<decltype(t), decltype(a)>(
             int(mode), reverse, x, len, len_cpu, w_ih.contiguous(), w_hh.contiguous(),
             opt(b_ih).defined(), opt(w_hr), saved.vec(), dy.contiguous(), opt(dh_n), opt(dc_n),
-            layer_sequence_rows(mode, x, w_hh, w_hr), points);
+            layer_plan(mode, x, w_hh, w_hr), points);
       });
 }
 
@@ -221,6 +288,8 @@ TORCH_LIBRARY_FRAGMENT(fused_rnn, m) {
             .c_str());
   m.def("stepwise_sequence_rows(int mode, Tensor x, Tensor w_hh, Tensor? w_hr) -> int",
         &fused_rnn::sequence_rows_op);
+  m.def("stepwise_sequence_plan(int mode, Tensor x, Tensor w_hh, Tensor? w_hr) -> int[]",
+        &fused_rnn::sequence_plan_op);
   m.def("stepwise_has_cuda() -> bool", [] {
 #ifdef FUSED_RNN_WITH_CUDA
     return true;

@@ -1,5 +1,5 @@
 // The launchers of sequence_launch.h: its argument structs re-typed (retype.cuh), then
-// recurrence_sequence.cuh's launchers. No torch here.
+// recurrence_sequence.cuh's and recurrence_grid.cuh's launchers. No torch here.
 #include "fused_rnn/sequence_launch.h"
 #include "retype.cuh"
 
@@ -16,6 +16,16 @@ namespace cuda {
     using D = Device<T>::type;                                                                  \
     return int(recurrence_sequence_bwd<D, acc_t<T>>(                                            \
         mode, retyped<SeqBwdArgs<D, acc_t<T>>>(a), as_stream(stream)));                         \
+  }                                                                                             \
+  int launch_grid_fwd(int mode, const SeqFwdArgs<T, acc_t<T>>& a, int64_t units, void* stream) { \
+    using D = Device<T>::type;                                                                  \
+    return int(recurrence_grid_fwd<D, acc_t<T>>(                                                \
+        mode, retyped<SeqFwdArgs<D, acc_t<T>>>(a), units, as_stream(stream)));                  \
+  }                                                                                             \
+  int launch_grid_bwd(int mode, const SeqBwdArgs<T, acc_t<T>>& a, int64_t units, void* stream) { \
+    using D = Device<T>::type;                                                                  \
+    return int(recurrence_grid_bwd<D, acc_t<T>>(                                                \
+        mode, retyped<SeqBwdArgs<D, acc_t<T>>>(a), units, as_stream(stream)));                  \
   }
 
 FUSED_RNN_DEFINE_SEQUENCE_LAUNCHERS(float)

@@ -1,12 +1,14 @@
 // The time loops of the stepwise recurrence (the cuda backend's, recurrence_step.cuh's
 // header comment): per step one GEMM through ATen (cuBLAS on CUDA) and the fused pointwise
 // step; the GEMMs over all steps before and after the loop. One layer, one direction.
-// With seq_rows > 0 (sequence_plan.h) the whole loop is one whole-sequence launch instead
-// (recurrence_sequence.cuh), tiles of seq_rows batch rows; the GEMMs around it and the saved
-// layout are the same.
+// Where the plan (sequence_plan.h) says so, the whole loop is one whole-sequence launch
+// instead: single-block (recurrence_sequence.cuh, tiles of plan.rows batch rows) or
+// multi-block (recurrence_grid.cuh, plan.units hidden units a block); the GEMMs around it and
+// the saved layout are the same.
 //
 // `Points` runs the pointwise steps: the CUDA launchers (recurrence_launch.h) or, on CPU
-// tensors, the same per-element functions on host threads; likewise the whole-sequence tiles.
+// tensors, the same per-element functions on host threads; likewise the whole-sequence tiles
+// and blocks.
 // The loops are thus tested on a machine without a GPU exactly as they drive the kernels, bar
 // the launch itself.
 //
@@ -23,6 +25,7 @@
 
 #include "fused_rnn/recurrence_sequence.cuh"
 #include "fused_rnn/recurrence_step.cuh"
+#include "sequence_plan.h"
 
 namespace fused_rnn {
 namespace stepwise {
@@ -61,13 +64,14 @@ inline Tensor natural_rows(const StepShape& shape, const Tensor& lengths_cpu, at
 }
 
 // x [T, B, I]; h0 [B, P]; c0 [B, H] or undefined; lengths: [B] int64 on x's device (what
-// the kernels read) or undefined; weights contiguous; seq_rows: 0, or the whole-sequence
-// path's rows per tile (no projection). Returns (y, h_n, c_n or [0], saved).
+// the kernels read) or undefined; weights contiguous; plan: the per-step loop or a
+// whole-sequence path (no projection). Returns (y, h_n, c_n or [0], saved).
 template <typename T, typename A, typename Points>
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
     int mode, bool reverse, const Tensor& x, const Tensor& h0, const Tensor& c0,
     const Tensor& lengths, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
-    const Tensor& b_hh, const Tensor& w_hr, bool need_saved, int64_t seq_rows, const Points& points) {
+    const Tensor& b_hh, const Tensor& w_hr, bool need_saved, const SequencePlan& plan,
+    const Points& points) {
   const Sizes z(mode, x, w_ih, w_hr);
   const int64_t nT = z.T, B = z.B, GH = z.GH, H = z.H, P = z.P;
   const bool lstm = z.lstm, gru = z.gru, proj = z.proj;
@@ -86,10 +90,10 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
   const Tensor acts = need_saved && (lstm || gru) ? at::empty({nT, B, 4 * H}, opts) : Tensor();
   const Tensor ypre = proj ? at::empty({need_saved ? nT : 1, B, H}, opts) : Tensor();
   Tensor y = at::empty({nT, B, P}, opts);
-  TORCH_CHECK(seq_rows == 0 || !proj, "fused_rnn: the whole-sequence recurrence has no projection");
-  if (seq_rows > 0) {
+  TORCH_CHECK(plan.per_step() || !proj, "fused_rnn: the whole-sequence recurrence has no projection");
+  if (!plan.per_step()) {
     cuda::SeqFwdArgs<T, A> a{};
-    a.s = cuda::SeqShape{nT, B, H, seq_rows, reverse, ptr<const int64_t>(lengths)};
+    a.s = cuda::SeqShape{nT, B, H, plan.rows, reverse, ptr<const int64_t>(lengths)};
     a.gx = ptr<T>(gx);
     a.w_hh = ptr<T>(w_hh);
     a.b_ih = ptr<T>(b_ih);
@@ -99,13 +103,17 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
     a.y = ptr<T>(y);
     a.acts = ptr<T>(acts);
     a.all_states = need_saved;
-    points.sequence_fwd(mode, a);
+    if (plan.grid()) {
+      points.grid_fwd(mode, a, plan.units);
+    } else {
+      points.sequence_fwd(mode, a);
+    }
   }
-  Tensor gh = seq_rows > 0 ? Tensor() : at::empty({B, GH}, opts);
+  Tensor gh = plan.per_step() ? at::empty({B, GH}, opts) : Tensor();
   const Tensor w_hh_t = w_hh.t(), w_hr_t = proj ? w_hr.t() : Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, ptr<const int64_t>(lengths)};
 
-  const int64_t step_loop = seq_rows > 0 ? 0 : nT;  // the whole-sequence launch ran them all
+  const int64_t step_loop = plan.per_step() ? nT : 0;  // else the whole-sequence launch ran them all
   for (int64_t t = 0; t < step_loop; ++t) {
     const int64_t sp = need_saved ? t : t % 2, sn = need_saved ? t + 1 : (t + 1) % 2;
     const Tensor h_prev = hs[sp];
@@ -145,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
   return {y, h_n, c_n, saved};
 }
 
-// The reverse loop (or with seq_rows > 0 the whole-sequence backward), then dx and the
+// The reverse loop (or the plan's whole-sequence backward), then dx and the
 // weight gradients as one GEMM each. lengths as forward's; lengths_cpu the same on the CPU
 // (the row order of dx). Returns [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr], [0]
 // where absent.
@@ -154,7 +162,7 @@ std::vector<Tensor> backward(int mode, bool reverse, const Tensor& x, const Tens
                              const Tensor& lengths_cpu, const Tensor& w_ih, const Tensor& w_hh,
                              bool has_bias, const Tensor& w_hr, const std::vector<Tensor>& saved,
                              const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
-                             int64_t seq_rows, const Points& points) {
+                             const SequencePlan& plan, const Points& points) {
   const Sizes z(mode, x, w_ih, w_hr);
   const int64_t nT = z.T, B = z.B, I = x.size(2), GH = z.GH, H = z.H, P = z.P;
   const bool lstm = z.lstm, gru = z.gru, proj = z.proj;
@@ -176,14 +184,14 @@ std::vector<Tensor> backward(int mode, bool reverse, const Tensor& x, const Tens
   // side (da_r, da_z, da_n r), which W_hh meets; LSTM and RNN: the hidden side is da itself.
   const Tensor da = lstm ? acts : at::empty({nT, B, GH}, opts);
   const Tensor dah = gru ? at::empty({nT, B, GH}, opts) : da;
-  Tensor dh_rec = seq_rows > 0 ? Tensor() : at::empty({B, P}, opts);
+  Tensor dh_rec = plan.per_step() ? at::empty({B, P}, opts) : Tensor();
   Tensor gy = proj ? at::empty({B, H}, opts) : Tensor();
   const Tensor gs = proj ? at::empty({nT, B, P}, opts) : Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, ptr<const int64_t>(lengths)};
-  TORCH_CHECK(seq_rows == 0 || !proj, "fused_rnn: the whole-sequence recurrence has no projection");
-  if (seq_rows > 0) {
+  TORCH_CHECK(plan.per_step() || !proj, "fused_rnn: the whole-sequence recurrence has no projection");
+  if (!plan.per_step()) {
     cuda::SeqBwdArgs<T, A> a{};
-    a.s = cuda::SeqShape{nT, B, H, seq_rows, reverse, ptr<const int64_t>(lengths)};
+    a.s = cuda::SeqShape{nT, B, H, plan.rows, reverse, ptr<const int64_t>(lengths)};
     a.w_hh = ptr<T>(w_hh);
     a.dy = ptr<T>(dy);
     a.dh = ptr<A>(dh);
@@ -193,10 +201,14 @@ std::vector<Tensor> backward(int mode, bool reverse, const Tensor& x, const Tens
     a.hs = ptr<T>(hs);
     a.da = ptr<T>(da);
     a.da_h = gru ? ptr<T>(dah) : nullptr;
-    points.sequence_bwd(mode, a);
+    if (plan.grid()) {
+      points.grid_bwd(mode, a, plan.units);
+    } else {
+      points.sequence_bwd(mode, a);
+    }
   }
 
-  const int64_t step_loop = seq_rows > 0 ? 0 : nT;  // as forward's
+  const int64_t step_loop = plan.per_step() ? nT : 0;  // as forward's
   for (int64_t t = step_loop - 1; t >= 0; --t) {
     const bool last = t == nT - 1;
     if (!last) at::mm_out(dh_rec, dah[t + 1], w_hh);

@@ -166,9 +166,11 @@ struct ProjBwdPreArgs {
 
 // ---------------------------------------------------------------- one element (b, j)
 
-// Forward, row b, unit j < H.
-template <int MODE, typename T, typename A>
-FUSED_RNN_HD void fwd_point(const FwdStepArgs<T, A>& a, int64_t b, int64_t j) {
+// Forward, row b, unit j < H, with the step's recurrent pre-activations given by gh_at(k),
+// gate k's (h_prev W_hh^T)[b, k H + j] without bias: fwd_point reads them from a.gh; the
+// multi-block whole-sequence kernel (recurrence_grid.cuh) from its own shared memory.
+template <int MODE, typename T, typename A, typename GhAt>
+FUSED_RNN_HD void fwd_point_with(const FwdStepArgs<T, A>& a, int64_t b, int64_t j, const GhAt& gh_at) {
   const StepShape& s = a.s;
   const int64_t H = s.H, GH = int64_t(gate_count(MODE)) * H, u = b * H + j;
   if (!s.active(b)) {
@@ -182,11 +184,10 @@ FUSED_RNN_HD void fwd_point(const FwdStepArgs<T, A>& a, int64_t b, int64_t j) {
     return;
   }
   const T* gx = a.gx ? a.gx + (s.pos(b) * s.B + b) * GH : nullptr;  // [G*H]
-  const T* gh = a.gh + b * GH;                                       // [G*H]
   // Pre-activation of gate k: W_i x + b_i + W_h h + b_h.
   auto pre = [&](int k) {
     const int64_t c = k * H + j;
-    return ld0<A>(gx, c) + A(to_acc(gh[c])) + ld0<A>(a.b_ih, c) + ld0<A>(a.b_hh, c);
+    return ld0<A>(gx, c) + A(gh_at(k)) + ld0<A>(a.b_ih, c) + ld0<A>(a.b_hh, c);
   };
   T* y = a.y && !a.proj ? a.y + (s.pos(b) * s.B + b) * s.P + j : nullptr;
   if (MODE == kLSTM) {
@@ -198,7 +199,7 @@ FUSED_RNN_HD void fwd_point(const FwdStepArgs<T, A>& a, int64_t b, int64_t j) {
   } else if (MODE == kGRU) {
     const int64_t cn = 2 * H + j;
     const A a_nx = ld0<A>(gx, cn) + ld0<A>(a.b_ih, cn);
-    const A hn = A(to_acc(gh[cn])) + ld0<A>(a.b_hh, cn);
+    const A hn = A(gh_at(2)) + ld0<A>(a.b_hh, cn);
     const GruFwd<A> r = gru_fwd(pre(0), pre(1), a_nx, hn, A(to_acc(a.h_prev[u])));
     put(a.h_new + u, r.h);
     if (y) put(y, r.h);
@@ -210,15 +211,24 @@ FUSED_RNN_HD void fwd_point(const FwdStepArgs<T, A>& a, int64_t b, int64_t j) {
   }
 }
 
-// Backward, row b, unit j < H.
+// Forward, row b, unit j < H: the per-step path's, gh from a.gh.
 template <int MODE, typename T, typename A>
-FUSED_RNN_HD void bwd_point(const BwdStepArgs<T, A>& a, int64_t b, int64_t j) {
+FUSED_RNN_HD void fwd_point(const FwdStepArgs<T, A>& a, int64_t b, int64_t j) {
+  const T* gh = a.gh + b * int64_t(gate_count(MODE)) * a.s.H + j;  // gate k at k H
+  fwd_point_with<MODE>(a, b, j, [&](int k) { return to_acc(gh[k * a.s.H]); });
+}
+
+// Backward, row b, unit j < H, with dh_rec_at() = (da_h[t+1] W_hh)[b, j] (0 at the last step):
+// bwd_point reads it from a.dh_rec; the multi-block kernel from shared memory. A callable, read
+// only where needed, as the step kernel always did (a value read up front made ptxas spill it).
+template <int MODE, typename T, typename A, typename RecAt>
+FUSED_RNN_HD void bwd_point_with(const BwdStepArgs<T, A>& a, int64_t b, int64_t j, const RecAt& dh_rec_at) {
   const StepShape& s = a.s;
   const int64_t H = s.H, GH = int64_t(gate_count(MODE)) * H, u = b * H + j;
   T* da = a.da + b * GH + j;  // [G*H] from unit j
   const bool proj = MODE == kLSTM && a.gy != nullptr;
   // dL/dh' without dy; with a projection projection_bwd_pre has done dh already.
-  const A g_carry = proj ? A(0) : a.dh[u] + ld0<A>(a.dh_rec, u);
+  const A g_carry = proj ? A(0) : a.dh[u] + A(dh_rec_at());
   if (!s.active(b)) {
     for (int k = 0; k < gate_count(MODE); ++k) put(da + k * H, A(0));
     if (MODE == kGRU && a.da_h) {
@@ -256,6 +266,12 @@ FUSED_RNN_HD void bwd_point(const BwdStepArgs<T, A>& a, int64_t b, int64_t j) {
     put(da, rnn_bwd(g, A(to_acc(a.h_new[u])), MODE == kRNN_RELU));
     a.dh[u] = A(0);
   }
+}
+
+// Backward, row b, unit j < H: the per-step path's, dh_rec from a.dh_rec.
+template <int MODE, typename T, typename A>
+FUSED_RNN_HD void bwd_point(const BwdStepArgs<T, A>& a, int64_t b, int64_t j) {
+  bwd_point_with<MODE>(a, b, j, [&] { return ld0<A>(a.dh_rec, b * a.s.H + j); });
 }
 
 // Projection forward post, row b, unit j < P.

@@ -1,4 +1,5 @@
-// Host entry points of the whole-sequence kernels of recurrence_sequence.cuh, for the torch
+// Host entry points of the whole-sequence kernels of recurrence_sequence.cuh (one block per
+// batch tile) and recurrence_grid.cuh (the units over several blocks, `units` a block), for the torch
 // binding: as recurrence_launch.h, no CUDA type here (half storage is launch_types.h's, a
 // stream a cudaStream_t as void*, a result a cudaError_t as int, 0: launched).
 #pragma once
@@ -6,6 +7,7 @@
 #include <stdint.h>
 
 #include "launch_types.h"
+#include "recurrence_grid.cuh"
 #include "recurrence_sequence.cuh"
 
 namespace fused_rnn {
@@ -13,7 +15,9 @@ namespace cuda {
 
 #define FUSED_RNN_DECLARE_SEQUENCE_LAUNCHERS(T)                                        \
   int launch_sequence_fwd(int mode, const SeqFwdArgs<T, acc_t<T>>& a, void* stream);   \
-  int launch_sequence_bwd(int mode, const SeqBwdArgs<T, acc_t<T>>& a, void* stream);
+  int launch_sequence_bwd(int mode, const SeqBwdArgs<T, acc_t<T>>& a, void* stream);  \
+  int launch_grid_fwd(int mode, const SeqFwdArgs<T, acc_t<T>>& a, int64_t units, void* stream); \
+  int launch_grid_bwd(int mode, const SeqBwdArgs<T, acc_t<T>>& a, int64_t units, void* stream);
 
 FUSED_RNN_DECLARE_SEQUENCE_LAUNCHERS(float)
 FUSED_RNN_DECLARE_SEQUENCE_LAUNCHERS(double)
