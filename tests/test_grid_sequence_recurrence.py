@@ -110,23 +110,28 @@ def test_module_matches_torch(cuda_host, mode, form, dt):
 
 # ---------------------------------------------------------------- which path, and why not
 
-def test_the_plan_takes_the_multi_block_path_where_one_block_cannot(monkeypatch):
-    """Unforced, on CPU tensors (sm_80's 163 KiB, at most 3 blocks, 2 rows): single-block while
-    W_hh fits one block, then multi-block while a third of it fits, then the per-step loop."""
+def test_the_plan_takes_the_multi_block_path_only_when_asked(monkeypatch):
+    """On CPU tensors (sm_80's 163 KiB, at most 3 blocks, 2 rows). Unforced: single-block
+    while W_hh fits one block, else the per-step loop (the multi-block kernels wait for a
+    GPU measurement against it). Forced (grid): multi-block while a third of W_hh fits."""
     monkeypatch.delenv("FUSED_RNN_CUDA_SEQUENCE")
     x = torch.zeros(4, 3, 5)
     assert _plan(LSTM, x, torch.zeros(4 * 100, 100)) == [2, 0, 2]      # single-block, 2 tiles
+    assert _plan(LSTM, x, torch.zeros(4 * 102, 102)) == [0, 0, 0]      # per step, unforced
+    monkeypatch.setenv("FUSED_RNN_CUDA_SEQUENCE", "grid")
     assert _plan(LSTM, x, torch.zeros(4 * 102, 102)) == [2, 34, 3]     # 3 blocks of 34 units
     # The largest fp32 LSTM on 3 blocks: H = 174, 58 units a block, one row a chunk:
     # (4*174*58 + 1 * (4*174 + 58)) * 4 = 164 480 bytes; two rows at H = 173.
     assert _plan(LSTM, x, torch.zeros(4 * 173, 173)) == [2, 58, 3]
     assert _plan(LSTM, x, torch.zeros(4 * 174, 174)) == [1, 58, 3]
-    assert _plan(LSTM, x, torch.zeros(4 * 175, 175)) == [0, 0, 0]     # 168 236 bytes
-    assert _plan(LSTM, x, torch.zeros(4 * 8, 4), torch.zeros(4, 8)) == [0, 0, 0]  # projection
+    with pytest.raises(RuntimeError, match="168236 bytes"):
+        _plan(LSTM, x, torch.zeros(4 * 175, 175))
     monkeypatch.setenv("FUSED_RNN_CUDA_SEQUENCE", "1")
     assert _plan(LSTM, x, torch.zeros(4 * 8, 8)) == [2, 0, 2]
     monkeypatch.setenv("FUSED_RNN_CUDA_SEQUENCE", "0")
     assert _plan(LSTM, x, torch.zeros(4 * 102, 102)) == [0, 0, 0]
+    monkeypatch.delenv("FUSED_RNN_CUDA_SEQUENCE")
+    assert _plan(LSTM, x, torch.zeros(4 * 8, 4), torch.zeros(4, 8)) == [0, 0, 0]  # projection
 
 
 def test_a_forced_path_that_does_not_fit_is_an_error():

@@ -1,8 +1,11 @@
 // Which time loop the cuda backend's recurrence runs for a layer: the single-block
 // whole-sequence kernels (recurrence_sequence.cuh) when a tile of its batch and all of W_hh
-// fit in one block's shared memory; else the multi-block ones (recurrence_grid.cuh) when the
-// units split over the blocks the device holds at once fit; else the per-step loop
-// (recurrence_loop.h). Layers with a projection always take the per-step loop.
+// fit in one block's shared memory; else the per-step loop (recurrence_loop.h). Layers with
+// a projection always take the per-step loop. The multi-block kernels (recurrence_grid.cuh:
+// the units split over the blocks the device holds at once, a grid barrier per step) run
+// only when asked for: they have not yet run on a GPU against the per-step loop's cuBLAS
+// GEMMs, whose speed at large H they must beat (DESIGN: measure both, keep what wins), and
+// a block owning few units leaves most of its threads idle.
 //
 // FUSED_RNN_CUDA_SEQUENCE forces one: "0" the per-step loop, "1" the single-block kernels,
 // "grid" the multi-block kernels (an error, saying why, where the forced path does not take
@@ -95,7 +98,7 @@ inline SequencePlan sequence_plan(int mode, int64_t B, int64_t H, bool proj, int
     plan.rows = plan_sequence(mode, B, H, proj, elem_size, budget, &why_not);
     TORCH_CHECK(plan.rows > 0 || force != "1", "fused_rnn: FUSED_RNN_CUDA_SEQUENCE=1, but the "
                 "single-block whole-sequence kernels do not take this layer: ", why_not);
-    if (plan.rows > 0) return plan;
+    return plan;  // the per-step loop where rows == 0
   }
   const SequencePlan plan = plan_grid(mode, B, H, proj, elem_size, budget, &why_not);
   TORCH_CHECK(!plan.per_step() || force != "grid", "fused_rnn: FUSED_RNN_CUDA_SEQUENCE=grid, but "

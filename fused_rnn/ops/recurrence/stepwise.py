@@ -1,8 +1,8 @@
 """The cuda backend's recurrence: a GEMM per step (cuBLAS) and the fused pointwise step
 kernel of ``csrc/include/fused_rnn/recurrence_step.cuh``, or, where a block holds W_hh in
 shared memory (no projection, small H), one whole-sequence launch of
-``recurrence_sequence.cuh``, or, for larger H, one cooperative launch of
-``recurrence_grid.cuh`` (the units over several blocks); through the ops
+``recurrence_sequence.cuh``, or, asked for (``FUSED_RNN_CUDA_SEQUENCE=grid``), one
+cooperative launch of ``recurrence_grid.cuh`` (the units over several blocks); through the ops
 ``torch.ops.fused_rnn.stepwise_recurrence_*`` (``csrc/bindings/stepwise_recurrence.cpp``;
 ``FUSED_RNN_CUDA_SEQUENCE=0|1|grid`` forces a path).
 
