@@ -146,20 +146,7 @@ FUSED_RNN_HD void grid_fwd_step(const SeqFwdArgs<T, A>& a, int64_t units, int64_
     // after its matvec) and its pointwise pass reads only gh.
     for (int64_t e = blk.rank(); e < rows * H; e += blk.size()) h[e] = load_l2(p.h_prev + r0 * H + e);
     blk.sync();
-    for (int64_t c = blk.rank(); c < Gn; c += blk.size()) {
-      A acc[kSeqMaxRows] = {};
-      for (int64_t kk = 0; kk < H; ++kk) {
-        const A w = to_acc(wt[kk * Gn + c]);
-FUSED_RNN_UNROLL
-        for (int r = 0; r < kSeqMaxRows; ++r) {
-          if (r < rows) acc[r] += A(to_acc(h[r * H + kk])) * w;
-        }
-      }
-FUSED_RNN_UNROLL
-      for (int r = 0; r < kSeqMaxRows; ++r) {
-        if (r < rows) put(gh + r * Gn + c, acc[r]);
-      }
-    }
+    rows_matvec<T, A>(blk, wt, h, rows, H, Gn, gh);
     blk.sync();
     for (int64_t e = blk.rank(); e < rows * n; e += blk.size()) {
       const int64_t r = e / n, jl = e % n;
@@ -216,20 +203,7 @@ FUSED_RNN_HD void grid_bwd_step(const SeqBwdArgs<T, A>& a, int64_t units, int64_
       // As forward: the chunk before is past its matvec, its pointwise pass reads only dhr.
       for (int64_t e = blk.rank(); e < rows * GH; e += blk.size()) dah[e] = load_l2(next + r0 * GH + e);
       blk.sync();
-      for (int64_t jl = blk.rank(); jl < n; jl += blk.size()) {
-        A acc[kSeqMaxRows] = {};
-        for (int64_t c = 0; c < GH; ++c) {
-          const A wv = to_acc(w[c * n + jl]);
-FUSED_RNN_UNROLL
-          for (int r = 0; r < kSeqMaxRows; ++r) {
-            if (r < rows) acc[r] += A(to_acc(dah[r * GH + c])) * wv;
-          }
-        }
-FUSED_RNN_UNROLL
-        for (int r = 0; r < kSeqMaxRows; ++r) {
-          if (r < rows) put(dhr + r * n + jl, acc[r]);
-        }
-      }
+      rows_matvec<T, A>(blk, w, dah, rows, GH, n, dhr);
       blk.sync();
     }
     for (int64_t e = blk.rank(); e < rows * n; e += blk.size()) {

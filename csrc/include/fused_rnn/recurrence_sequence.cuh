@@ -105,6 +105,28 @@ inline int64_t sequence_tile_rows(int mode, int64_t B, int64_t H, int64_t elem_s
 
 inline int64_t sequence_tiles(const SeqShape& s) { return (s.B + s.rows - 1) / s.rows; }
 
+// out[r, c] = sum_k x[r, k] w[k, c] for rows r < rows <= kSeqMaxRows and columns c < N:
+// x [rows, K], w [K, N] (shared memory), out [rows, N], the block's threads over the columns
+// (consecutive threads, consecutive elements of w). The matvec of every whole-sequence step.
+template <typename T, typename A, typename Block>
+FUSED_RNN_HD void rows_matvec(const Block& blk, const T* w, const T* x, int64_t rows, int64_t K,
+                              int64_t N, T* out) {
+  for (int64_t c = blk.rank(); c < N; c += blk.size()) {
+    A acc[kSeqMaxRows] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      const A wv = to_acc(w[k * N + c]);
+FUSED_RNN_UNROLL
+      for (int r = 0; r < kSeqMaxRows; ++r) {
+        if (r < rows) acc[r] += A(to_acc(x[r * K + k])) * wv;
+      }
+    }
+FUSED_RNN_UNROLL
+    for (int r = 0; r < kSeqMaxRows; ++r) {
+      if (r < rows) put(out + r * N + c, acc[r]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- one tile, all steps
 
 // Forward of tile `tile`; smem: sequence_smem_elems(MODE, H, rows) elements of T.
@@ -121,20 +143,7 @@ FUSED_RNN_HD void sequence_fwd_tile(const SeqFwdArgs<T, A>& a, int64_t tile, T* 
   for (int64_t e = blk.rank(); e < rows * H; e += blk.size()) h[e] = a.hs[b0 * H + e];
   blk.sync();
   for (int64_t t = 0; t < s.steps; ++t) {
-    for (int64_t c = blk.rank(); c < GH; c += blk.size()) {
-      A acc[kSeqMaxRows] = {};
-      for (int64_t k = 0; k < H; ++k) {
-        const A w = to_acc(wt[k * GH + c]);
-FUSED_RNN_UNROLL
-        for (int r = 0; r < kSeqMaxRows; ++r) {
-          if (r < rows) acc[r] += A(to_acc(h[r * H + k])) * w;
-        }
-      }
-FUSED_RNN_UNROLL
-      for (int r = 0; r < kSeqMaxRows; ++r) {
-        if (r < rows) put(gh + r * GH + c, acc[r]);
-      }
-    }
+    rows_matvec<T, A>(blk, wt, h, rows, H, GH, gh);
     blk.sync();
     // The step as the per-step path has it, seen from the tile: every row-indexed pointer
     // starts at row b0, so local row r is row b0 + r (B stays the stride of [steps, B, .]).
@@ -175,20 +184,7 @@ FUSED_RNN_HD void sequence_bwd_tile(const SeqBwdArgs<T, A>& a, int64_t tile, T* 
   for (int64_t t = s.steps - 1; t >= 0; --t) {
     const bool last = t == s.steps - 1;
     if (!last) {
-      for (int64_t j = blk.rank(); j < H; j += blk.size()) {
-        A acc[kSeqMaxRows] = {};
-        for (int64_t c = 0; c < GH; ++c) {
-          const A wv = to_acc(w[c * H + j]);
-FUSED_RNN_UNROLL
-          for (int r = 0; r < kSeqMaxRows; ++r) {
-            if (r < rows) acc[r] += A(to_acc(dah[r * GH + c])) * wv;
-          }
-        }
-FUSED_RNN_UNROLL
-        for (int r = 0; r < kSeqMaxRows; ++r) {
-          if (r < rows) put(dhr + r * H + j, acc[r]);
-        }
-      }
+      rows_matvec<T, A>(blk, w, dah, rows, GH, H, dhr);
       blk.sync();
     }
     // As forward: the step's arguments from row b0 on.
