@@ -13,6 +13,7 @@ it computes and returns the autocast dtype, as the matmuls it replaces would.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Optional
 
@@ -67,12 +68,19 @@ def run_cast(plan: tuple, fn, *args, **kwargs):
     return _cast(out, result)
 
 
+@contextlib.contextmanager
+def autocast_off():
+    """Autocast off on CPU and CUDA. For the backward passes: one run inside an autocast
+    region (``loss.backward()`` under ``torch.autocast``) must compute as its forward did,
+    as torch.nn's recurrences do, not in the autocast dtype."""
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        yield
+
+
 def without_autocast(fn):
-    """``fn`` with autocast off on CPU and CUDA. For the Functions' backward: a backward run
-    inside an autocast region (``loss.backward()`` under ``torch.autocast``) must compute
-    as its forward did, as torch.nn's recurrences do, not in the autocast dtype."""
+    """``fn`` under :func:`autocast_off` (the autograd Functions' backward)."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        with autocast_off():
             return fn(*args, **kwargs)
     return run

@@ -229,3 +229,32 @@ def test_compiled_attention_matches_eager(backend_name, score, need_weights, com
     names = ["query", "keys"] + [n for n, _ in module.named_parameters()]
     for a, e, n in zip(grads, _grads(module, q_ref, k_ref), names):
         assert_close(a, e, rtol=rtol, atol=atol, name=f"grad {n}")
+
+
+@pytest.mark.parametrize("name", ["lstm", "attention", "layernorm_gru"])
+def test_compiled_backward_inside_autocast_computes_as_its_forward(name):
+    """As the eager Functions (test_autocast.py): the custom ops' backward run with autocast
+    off, so a backward under ``torch.autocast`` gives the fp32 forward's gradients."""
+    if "cpu" not in COMPILE_BACKENDS:
+        pytest.skip("the cpu backend is not available (fused_rnn._C not built)")
+    torch.manual_seed(0)
+    if name == "attention":
+        v = randn(12, requires_grad=True)
+        model = lambda q, k: fused_rnn.functional.attention(q, k, score="additive", v=v)[0]  # noqa: E731
+        args = (randn(2, 3, 12, requires_grad=True), randn(2, 7, 12, requires_grad=True))
+        leaves = [*args, v]
+    else:
+        module = fused_rnn.LSTM(4, 6) if name == "lstm" else fused_rnn.LayerNormGRU(4, 6)
+        model = lambda x: module(x)[0]  # noqa: E731
+        args = (randn(5, 3, 4, requires_grad=True),)
+        leaves = [args[0], *module.parameters()]
+    with fused_rnn.use_backend("cpu"):
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        grads = []
+        for inside in (False, True):
+            out = compiled(*args)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inside):
+                grads.append(torch.autograd.grad(out.sum(), leaves))
+    for a, b in zip(*grads):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

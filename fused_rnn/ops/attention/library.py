@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ... import backends
+from ...autocast import autocast_off
 from ..._custom_ops import none_if_empty, or_empty, unaliased
 
 
@@ -46,8 +47,9 @@ def attention_backward(backend: str, kind: str, scale: float, q: Tensor, k: Tens
                        saved: list[Tensor], dcontext: Tensor, dweights: Optional[Tensor]
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``backend``'s ``_bwd``: ``(dq, dk, dvalues, dv or empty)``."""
-    grads = _ops(backend)._bwd(q, k, values, valid, kind, v, scale, list(saved), dcontext,
-                               dweights)
+    with autocast_off():  # a backward under autocast computes as its forward
+        grads = _ops(backend)._bwd(q, k, values, valid, kind, v, scale, list(saved), dcontext,
+                                   dweights)
     grads = [or_empty(g, q) for g in grads]
     return tuple(unaliased(grads, [q, k, values, v, valid, *saved, dcontext, dweights]))
 

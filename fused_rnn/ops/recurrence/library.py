@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ... import backends
+from ...autocast import autocast_off
 from ..._custom_ops import none_if_empty, or_empty, unaliased
 from .cells import GATES, LSTM, LayerWeights
 
@@ -65,8 +66,9 @@ def recurrence_layer_backward(backend: str, cell: str, reverse: bool, x: Tensor,
     where the input is None."""
     w = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
     saved = [saved_first, *saved_rest]
-    dx, dh0, dc0, dw = _ops(backend)._bwd(cell, reverse, x, h0, c0, w, lengths, saved,
-                                          dy, dh_n, dc_n)
+    with autocast_off():  # a backward under autocast computes as its forward
+        dx, dh0, dc0, dw = _ops(backend)._bwd(cell, reverse, x, h0, c0, w, lengths, saved,
+                                              dy, dh_n, dc_n)
     grads = [or_empty(g, x) for g in (dx, dh0, dc0, *dw)]
     return tuple(unaliased(grads, [x, h0, c0, lengths, *w, *saved, dy, dh_n, dc_n]))
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ... import backends
+from ...autocast import autocast_off
 from ..._custom_ops import none_if_empty, or_empty, unaliased
 from ..recurrence.cells import GATES, LSTM
 from .layout import VariantWeights
@@ -66,8 +67,9 @@ def variant_layer_backward(backend: str, cell: str, reverse: bool, x: Tensor, h0
     if getattr(ops, "OVERWRITES_SAVED", False):
         saved = [t.clone() for t in saved]
     w = VariantWeights(*weights)
-    dx, dh0, dc0, dw = ops._bwd(cell, reverse, x, h0, c0, w, lengths, keep_h, keep_c, saved,
-                                dy, dh_n, dc_n)
+    with autocast_off():  # a backward under autocast computes as its forward
+        dx, dh0, dc0, dw = ops._bwd(cell, reverse, x, h0, c0, w, lengths, keep_h, keep_c,
+                                    saved, dy, dh_n, dc_n)
     grads = [or_empty(g, x) for g in (dx, dh0, dc0, *dw)]
     return unaliased(grads, [x, h0, c0, lengths, keep_h, keep_c, *w, *saved, dy, dh_n, dc_n])
 
