@@ -65,15 +65,6 @@ struct CudaRows {
 };
 #endif
 
-stepwise::VariantTensors weights(const Tensor& w_ih, const Tensor& w_hh,
-                                 const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
-                                 const optional<Tensor>& ln_ih, const optional<Tensor>& ln_hh,
-                                 const optional<Tensor>& ln_c_weight,
-                                 const optional<Tensor>& ln_c_bias) {
-  return {w_ih.contiguous(), w_hh.contiguous(), opt(b_ih),        opt(b_hh),
-          opt(ln_ih),        opt(ln_hh),        opt(ln_c_weight), opt(ln_c_bias)};
-}
-
 // What forward saved (variant_loop.h), checked against the sizes.
 void check_saved(int64_t mode, const Tensor& x, const VariantSizes& s, bool ln,
                  at::TensorList saved) {
@@ -117,7 +108,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
   check_device(x_, "x");
   check_variant_args(mode, x_, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight,
                      ln_c_bias, keep_h, keep_c);
-  const auto w = weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias);
+  const auto w = variant_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias);
   return with_layer_runner<HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(
       x_, lengths, [&](auto t, auto a, const auto& rows, const Tensor& x, const Tensor& len,
                        const Tensor&) {
@@ -140,7 +131,7 @@ std::vector<Tensor> backward(
                                             ln_ih, ln_hh, ln_c_weight, ln_c_bias, keep_h, keep_c);
   check_saved(mode, x_, s, given(ln_ih), saved);
   check_variant_grads(mode, x_, s, dy, dh_n, dc_n);
-  const auto w = weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias);
+  const auto w = variant_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias);
   return with_layer_runner<HostRows, FUSED_RNN_CUDA_RUNNER(CudaRows)>(
       x_, lengths, [&](auto t, auto a, const auto& rows, const Tensor& x, const Tensor& len,
                        const Tensor& len_cpu) {

@@ -5,6 +5,7 @@
 
 #include "checks.h"
 
+#include "../common/variant_weights.h"
 #include "fused_rnn/recurrence_step.cuh"
 
 namespace fused_rnn {
@@ -70,6 +71,16 @@ inline VariantSizes check_variant_args(
   }
   if (given(lengths)) check_lengths(*lengths, s.B, s.T);
   return s;
+}
+
+// The weights as the loops take them: contiguous, undefined where absent.
+inline VariantWeightTensors variant_weights(
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& ln_ih,
+    const c10::optional<at::Tensor>& ln_hh, const c10::optional<at::Tensor>& ln_c_weight,
+    const c10::optional<at::Tensor>& ln_c_bias) {
+  return {w_ih.contiguous(), w_hh.contiguous(), opt(b_ih),        opt(b_hh),
+          opt(ln_ih),        opt(ln_hh),        opt(ln_c_weight), opt(ln_c_bias)};
 }
 
 // The gradients the backward ops take besides `saved`.

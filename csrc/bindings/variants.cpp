@@ -18,16 +18,6 @@ void check_cpu_x(const Tensor& x) {
               "fused_rnn: x must be float32 or float64 on the cpu backend, got ", x.scalar_type());
 }
 
-cpu::VariantWeightTensors weights(const Tensor& w_ih, const Tensor& w_hh,
-                                  const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
-                                  const optional<Tensor>& ln_ih, const optional<Tensor>& ln_hh,
-                                  const optional<Tensor>& ln_c_weight,
-                                  const optional<Tensor>& ln_c_bias) {
-  return {w_ih.contiguous(),          w_hh.contiguous(),          opt(b_ih),
-          opt(b_hh),   opt(ln_ih),  opt(ln_hh),
-          opt(ln_c_weight), opt(ln_c_bias)};
-}
-
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> variant_forward(
     int64_t mode, bool reverse, const Tensor& x, const Tensor& h0, const optional<Tensor>& c0,
     const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
@@ -40,7 +30,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> variant_forward(
                      ln_c_bias, keep_h, keep_c);
   return cpu::variant_forward(
       mode, reverse, x, h0, opt(c0), opt(lengths),
-      weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias),
+      variant_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias),
       opt(keep_h), opt(keep_c), need_saved);
 }
 
@@ -76,7 +66,7 @@ std::vector<Tensor> variant_backward(
   check_variant_grads(mode, x, s, dy, dh_n, dc_n);
   return cpu::variant_backward(
       mode, reverse, x, h0, opt(c0), opt(lengths),
-      weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias),
+      variant_weights(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias),
       opt(keep_h), opt(keep_c), saved.vec(), dy,
       opt(dh_n), opt(dc_n));
 }

@@ -6,20 +6,15 @@
 
 #include "aten.h"
 
+#include "../common/variant_weights.h"
+
 #include <tuple>
 #include <vector>
 
 namespace fused_rnn {
 namespace cpu {
 
-// The parameters of one layer and direction; G gates (4 LSTM, 3 GRU). Undefined where absent.
-struct VariantWeightTensors {
-  at::Tensor w_ih;         // [G*H, I]
-  at::Tensor w_hh;         // [G*H, H]
-  at::Tensor b_ih, b_hh;   // [G*H] both or neither
-  at::Tensor ln_ih, ln_hh; // [G*H] gains: layer norm when defined
-  at::Tensor ln_cw, ln_cb; // [H] LSTM with layer norm: gain and shift of LN(c~)
-};
+// VariantWeightTensors: ../common/variant_weights.h.
 
 // mode 0 LSTM, 1 GRU. x [T, B, I]; h0 [B, H]; c0 [B, H] (LSTM); lengths [B] int64 or undefined;
 // keep_h, keep_c [T, B, H] zoneout keeps (natural time order) or undefined.

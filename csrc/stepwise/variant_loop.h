@@ -19,17 +19,12 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/variant_weights.h"
 #include "fused_rnn/variant_row.cuh"
 #include "recurrence_loop.h"  // ptr, natural_rows
 
 namespace fused_rnn {
 namespace stepwise {
-
-// The weights of one layer and direction, contiguous; undefined where absent.
-struct VariantTensors {
-  Tensor w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias;
-  bool layer_norm() const { return ln_ih.defined(); }
-};
 
 // The per-step parts of `saved` at loop step t (nullptr where absent).
 template <typename T, typename A>
@@ -45,7 +40,7 @@ cuda::VariantSaved<T, A> saved_slot(int64_t t, const Tensor& acts, const Tensor&
 template <typename T, typename A, typename Rows>
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> variant_forward(
     int mode, bool reverse, const Tensor& x, const Tensor& h0, const Tensor& c0,
-    const Tensor& lengths, const VariantTensors& w, const Tensor& keep_h, const Tensor& keep_c,
+    const Tensor& lengths, const VariantWeightTensors& w, const Tensor& keep_h, const Tensor& keep_c,
     bool need_saved, const Rows& rows) {
   const int64_t nT = x.size(0), B = x.size(1), I = x.size(2), GH = w.w_ih.size(0);
   const int64_t H = w.w_hh.size(1);
@@ -93,8 +88,8 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> variant_forward(
     a.gh = ptr<T>(gh);
     a.b_hh = ptr<T>(w.b_hh);
     a.ln_hh = ptr<T>(w.ln_hh);
-    a.ln_c_weight = ptr<T>(w.ln_c_weight);
-    a.ln_c_bias = ptr<T>(w.ln_c_bias);
+    a.ln_c_weight = ptr<T>(w.ln_cw);
+    a.ln_c_bias = ptr<T>(w.ln_cb);
     a.keep_h = ptr<T>(keep_h);
     a.keep_c = ptr<T>(keep_c);
     a.h_prev = ptr<T>(hs[sp]);
@@ -127,7 +122,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> variant_forward(
 // dln_c_bias], [0] where absent.
 template <typename T, typename A, typename Rows>
 std::vector<Tensor> variant_backward(int mode, bool reverse, const Tensor& x, const Tensor& lengths,
-                                     const Tensor& lengths_cpu, const VariantTensors& w,
+                                     const Tensor& lengths_cpu, const VariantWeightTensors& w,
                                      const Tensor& keep_h, const Tensor& keep_c,
                                      const std::vector<Tensor>& saved, const Tensor& dy,
                                      const Tensor& dh_n, const Tensor& dc_n, const Rows& rows) {
@@ -168,8 +163,8 @@ std::vector<Tensor> variant_backward(int mode, bool reverse, const Tensor& x, co
     a.dh = ptr<A>(dh);
     a.dc = ptr<A>(dc);
     a.ln_hh = ptr<T>(w.ln_hh);
-    a.ln_c_weight = ptr<T>(w.ln_c_weight);
-    a.ln_c_bias = ptr<T>(w.ln_c_bias);
+    a.ln_c_weight = ptr<T>(w.ln_cw);
+    a.ln_c_bias = ptr<T>(w.ln_cb);
     a.keep_h = ptr<T>(keep_h);
     a.keep_c = ptr<T>(keep_c);
     a.c_prev = lstm ? ptr<A>(cs[t]) : nullptr;
