@@ -15,6 +15,7 @@
 
 #include <type_traits>
 
+#include "../common/tensor_ptr.h"
 #include "fused_rnn/launch_types.h"
 
 namespace fused_rnn {
@@ -22,12 +23,6 @@ namespace fused_rnn {
 inline void check_device(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.is_cpu() || x.is_cuda(), "fused_rnn: ", name, " must be a CPU or CUDA tensor, got ",
               x.device());
-}
-
-// t's elements as T (a launch type), or nullptr for an undefined tensor.
-template <typename T>
-T* data(const at::Tensor& t) {
-  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
 }
 
 // f(T{}, A{}) for x's dtype, T as the launch headers name it: float and double everywhere,

@@ -112,12 +112,12 @@ cuda::AttnArgs<T, A> common_args(const AttnSizes& s, const Tensor& q, const Tens
   a.s = cuda::AttnShape{s.B, s.Tq, s.Tk, s.D, s.Dv};
   a.additive = additive;
   a.scale = A(scale);
-  a.q = data<T>(q);
-  a.k = data<T>(k);
-  a.values = data<T>(vals);
-  a.v = data<T>(v);
-  a.mask = data<bool>(mask);
-  a.lengths = data<int64_t>(lengths);
+  a.q = ptr<T>(q);
+  a.k = ptr<T>(k);
+  a.values = ptr<T>(vals);
+  a.v = ptr<T>(v);
+  a.mask = ptr<bool>(mask);
+  a.lengths = ptr<int64_t>(lengths);
   return a;
 }
 
@@ -163,9 +163,9 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
     Tensor weights = need_weights ? at::empty({s.B, s.Tq, s.Tk}, q.options())
                                   : at::empty({0}, q.options());
     Tensor lse = at::empty({s.B, s.Tq}, q.options().dtype(c10::CppTypeToScalarType<A>::value));
-    a.context = data<T>(context);
-    a.weights = need_weights ? data<T>(weights) : nullptr;
-    a.lse = data<A>(lse);
+    a.context = ptr<T>(context);
+    a.weights = need_weights ? ptr<T>(weights) : nullptr;
+    a.lse = ptr<A>(lse);
     run(q, a, /*forward=*/true);
     return std::make_tuple(context, weights, lse);
   });
@@ -188,13 +188,13 @@ std::vector<Tensor> backward(const Tensor& q, const Tensor& k, const Tensor& val
     Tensor dq = at::empty({s.B, s.Tq, s.D}, opts), dk = at::zeros({s.B, s.Tk, s.D}, opts);
     Tensor dvals = at::zeros({s.B, s.Tk, s.Dv}, opts);
     Tensor dv = additive ? at::zeros({s.B, s.D}, opts) : Tensor();
-    a.lse = data<A>(lse_c);
-    a.dctx = data<T>(dctx_c);
-    a.dweights = data<T>(dw_c);
-    a.dq = data<A>(dq);
-    a.dk = data<A>(dk);
-    a.dvalues = data<A>(dvals);
-    a.dv = data<A>(dv);
+    a.lse = ptr<A>(lse_c);
+    a.dctx = ptr<T>(dctx_c);
+    a.dweights = ptr<T>(dw_c);
+    a.dq = ptr<A>(dq);
+    a.dk = ptr<A>(dk);
+    a.dvalues = ptr<A>(dvals);
+    a.dv = ptr<A>(dv);
     run(q, a, /*forward=*/false);
     const auto st = q.scalar_type();
     return std::vector<Tensor>{dq.to(st), dk.to(st), dvals.to(st),

@@ -23,6 +23,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/tensor_ptr.h"
 #include "fused_rnn/recurrence_sequence.cuh"
 #include "fused_rnn/recurrence_step.cuh"
 #include "sequence_plan.h"
@@ -32,11 +33,6 @@ namespace stepwise {
 
 using at::Tensor;
 using cuda::StepShape;
-
-template <typename T>
-T* ptr(const Tensor& t) {
-  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
-}
 
 // The sizes of a layer: T steps, B rows, G*H gates, H units, P state size.
 struct Sizes {
