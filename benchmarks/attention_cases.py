@@ -14,6 +14,8 @@ import torch
 import fused_rnn
 from fused_rnn.functional import attention
 
+from .measure import drop_grads
+
 KINDS = ("additive", "dot", "general")
 MODES = ("fwd", "fwd+bwd")
 REFERENCE = "reference"
@@ -102,9 +104,8 @@ def make_runner(case: AttnCase, inputs: dict, backend: str) -> Callable[[], None
     leaves = [t for t in inputs.values() if t.requires_grad]
 
     def run_forward_backward():
-        for t in leaves:
-            t.grad = None
         forward().sum().backward()
+        drop_grads(leaves)
 
     return run_forward_backward
 

@@ -14,6 +14,8 @@ import torch
 
 import fused_rnn
 
+from .measure import drop_grads
+
 CELLS = ("lstm", "gru", "rnn")  # rnn: tanh
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 MODES = ("fwd", "fwd+bwd")
@@ -248,11 +250,8 @@ def make_runner(workload: Workload, implementation: str, mode: str) -> Callable[
     params = workload.parameters()
 
     def run_forward_backward():
-        # As zero_grad(set_to_none=True) does in training: no accumulation into old grads.
-        workload.x.grad = None
-        for p in params:
-            p.grad = None
         forward(workload.x).backward(workload.dy)
+        drop_grads([workload.x, *params])
 
     return run_forward_backward
 

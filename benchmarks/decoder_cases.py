@@ -23,6 +23,8 @@ from torch import nn
 
 import fused_rnn
 
+from .measure import drop_grads
+
 CELLS = ("lstm", "gru")
 MODES = ("fwd", "fwd+bwd")
 IMPLEMENTATIONS = ("torch.nn parts", "fused")
@@ -153,9 +155,8 @@ def make_runner(case: DecoderCase, step: nn.Module, inputs: dict) -> Callable[[]
     params = list(step.parameters())
 
     def forward_backward():
-        for p in params:
-            p.grad = None
         run().backward()
+        drop_grads(params)
 
     return forward_backward
 

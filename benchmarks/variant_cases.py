@@ -26,7 +26,7 @@ import fused_rnn
 from fused_rnn import backends
 
 from .cases import Shape
-from .measure import time_ms
+from .measure import drop_grads, time_ms
 
 MODES = ("fwd", "fwd+bwd")
 PLAIN = "plain-pytorch"
@@ -147,10 +147,8 @@ def make_runner(workload: Workload, implementation: str, mode: str) -> Callable[
     params = list(workload.module.parameters())
 
     def run_forward_backward():
-        workload.x.grad = None
-        for p in params:
-            p.grad = None
         forward(workload.x).backward(workload.dy)
+        drop_grads([workload.x, *params])
 
     return run_forward_backward
 

@@ -58,6 +58,15 @@ struct TilePlan {
   int64_t items() const { return panels * row_blocks; }
 };
 
+// The batch rows a fused step's tiles cover: order[0, n), or 0..n-1 without an order. With
+// lengths the driver lists the rows longest first, so that the rows still active at a step
+// are a prefix (n of them) and finished rows cost no GEMM work; it carries those itself.
+struct ActiveRows {
+  const int64_t* order = nullptr;  // [B] or nullptr
+  int64_t n = 0;
+  int64_t operator[](int64_t i) const { return order ? order[i] : i; }
+};
+
 template <typename T>
 struct FwdStep {
   StepShape s;
@@ -76,6 +85,7 @@ struct FwdStep {
   T* y;             // [T, B, P] output, natural time order; nullptr with a projection
   T* acts;          // [B, A] saved activations of this step (A = act_count), or nullptr
   bool proj;        // LSTM with projection: h_new receives o*tanh(c'), zero on inactive rows
+  ActiveRows rows;  // the batch rows the tiles cover
 };
 
 // Backward step. Fused (no projection): dL/dh of the state after the step is
@@ -106,6 +116,7 @@ struct BwdStep {
   T* dc;            // [B, H] LSTM: in dL/dc', out dL/dc (in place)
   T* da;            // [B, ld] in: saved activations (LSTM, GRU); out: gate gradients, zero on inactive rows
   T* dh_prev;       // [B, P] the part of dL/dh that does not go through W_hh
+  ActiveRows rows;  // fused: the batch rows the tiles cover
 };
 
 // LSTM projection, forward after h' = (o*tanh(c')) W_hr^T: active rows copy h' to the

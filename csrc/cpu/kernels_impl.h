@@ -167,9 +167,10 @@ constexpr int64_t kChunkBytes = 65536;
 // loaded, so the weights come from L2 once per group instead of once per row block.
 //
 // The K rows of a panel come in `nseg` segments: segment s has seg_k[s] rows of the packed
-// panel (after those of the segments before it) and its left operand for batch row b is
-// row(s, b) ([>= seg_k[s]]). after(s, g, m, acc) runs once a segment is done for row block g
-// (m rows, acc [m][NV] in buf); epi(q, b, g, r, acc_row) once per row at the end.
+// panel (after those of the segments before it) and its left operand for tile row i (of
+// 0..B-1, which the caller maps to its batch rows, see ActiveRows) is row(s, i)
+// ([>= seg_k[s]]). after(s, g, m, acc) runs once a segment is done for row block g
+// (m rows, acc [m][NV] in buf); epi(q, i, g, r, acc_row) once per row at the end.
 template <typename T, int NV, int MR, typename Row, typename After, typename Epi>
 inline void panel_tiles(const TilePlan& plan, int64_t B, int64_t i0, int64_t i1, const T* w,
                         int nseg, const int64_t* seg_k, const Row& row, const After& after,
@@ -326,7 +327,8 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
   // Without gi the panel is [W_ih | W_hh] and x_t is the first segment; with gi, W_hh only.
   const bool x_seg = a.gi == nullptr;
   const int64_t seg_k[2] = {x_seg ? a.I : s.P, s.P};
-  const auto row = [&](int seg, int64_t b) {
+  const auto row = [&](int seg, int64_t i) {
+    const int64_t b = a.rows[i];
     return x_seg && seg == 0 ? a.x + (s.pos(b) * s.B + b) * a.I : a.h_prev + b * s.P;
   };
   Vec<T> nx[kGroupBlocks][kTileRows];  // GRU: W_in x, which the reset gate does not scale
@@ -340,7 +342,8 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
       }
     }
   };
-  const auto epi = [&](int64_t q, int64_t b, int64_t g, int64_t r, const Vec<T>* acc) {
+  const auto epi = [&](int64_t q, int64_t i, int64_t g, int64_t r, const Vec<T>* acc) {
+    const int64_t b = a.rows[i];
     // LSTM/GRU: one vector of units, acc[gate]; RNN: NV vectors of units.
     constexpr int uv = MODE == kLSTM || MODE == kGRU ? 1 : NV;
     const T* gi = x_seg ? nullptr : a.gi + (s.pos(b) * s.B + b) * G * H;  // [G*H]
@@ -362,7 +365,7 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
       }
     }
   };
-  panel_tiles<T, NV, kTileRows>(a.plan, s.B, i0, i1, a.w, x_seg ? 2 : 1, seg_k, row, after, epi);
+  panel_tiles<T, NV, kTileRows>(a.plan, a.rows.n, i0, i1, a.w, x_seg ? 2 : 1, seg_k, row, after, epi);
 }
 
 template <typename T>
@@ -437,11 +440,12 @@ void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
   const int64_t H = s.H;
   const bool relu = mode == kRNN_RELU;
   const int64_t seg_k[2] = {a.k1, a.k2};
-  const auto row = [&](int seg, int64_t b) {
-    return a.da_next + b * a.ld + (seg == 0 ? 0 : a.k2_off);
+  const auto row = [&](int seg, int64_t i) {
+    return a.da_next + a.rows[i] * a.ld + (seg == 0 ? 0 : a.k2_off);
   };
   const auto after = [](int, int64_t, int, Vec<T> (&)[kTileRows][NV]) {};
-  const auto epi = [&](int64_t q, int64_t b, int64_t, int64_t, const Vec<T>* acc) {
+  const auto epi = [&](int64_t q, int64_t i, int64_t, int64_t, const Vec<T>* acc) {
+    const int64_t b = a.rows[i];
     T* dh_prev = a.dh_prev + b * H;
     for (int u = 0; u < NV; ++u) {
       const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, H - j);
@@ -464,7 +468,7 @@ void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
       }
     }
   };
-  panel_tiles<T, NV, kTileRows>(a.plan, s.B, i0, i1, a.w, 2, seg_k, row, after, epi);
+  panel_tiles<T, NV, kTileRows>(a.plan, a.rows.n, i0, i1, a.w, 2, seg_k, row, after, epi);
 }
 
 // LSTM with a projection, rows [b0, b1): gate gradients from gy = (dh + dy) W_hr.

@@ -201,6 +201,42 @@ bool use_input_gemm(int64_t B, int64_t T, bool panels_cached) {
   return B <= 16 && !(T == 1 && panels_cached);
 }
 
+// With lengths: the rows longest first, and how many are still active at each step, so that
+// a step's tiles cover only those (ActiveRows); the driver carries the finished ones. A
+// PackedSequence of mixed lengths thus costs the GEMM work of its real steps, not of T full
+// batches. Without lengths: every row at every step.
+class ActivePrefix {
+ public:
+  ActivePrefix(int64_t T, int64_t B, const int64_t* lengths) : B_(B) {
+    if (!lengths) return;
+    order_.resize(B);
+    for (int64_t b = 0; b < B; ++b) order_[b] = b;
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](int64_t u, int64_t v) { return lengths[u] > lengths[v]; });
+    count_.assign(T, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < std::min(lengths[b], T); ++t) ++count_[t];
+    }
+  }
+  ActiveRows at(int64_t t) const {
+    return order_.empty() ? ActiveRows{nullptr, B_} : ActiveRows{order_.data(), count_[t]};
+  }
+  // The plan of a step whose tiles cover `rows`.
+  static TilePlan plan_for(TilePlan p, const ActiveRows& rows) {
+    p.row_blocks = (rows.n + p.rows - 1) / p.rows;
+    return p;
+  }
+  // f(b) for each row the step's tiles leave out (finished rows).
+  template <typename F>
+  static void for_finished(const ActiveRows& rows, int64_t B, const F& f) {
+    for (int64_t i = rows.n; i < B; ++i) f(rows[i]);
+  }
+
+ private:
+  int64_t B_;
+  std::vector<int64_t> order_, count_;
+};
+
 // Loop-order rows -> natural-order rows of a [T*B, N] buffer (reverse direction).
 at::Tensor natural_order_index(int64_t T, int64_t B, const int64_t* lengths) {
   at::Tensor idx = at::empty({T * B}, at::TensorOptions().dtype(at::kLong));
@@ -278,6 +314,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     return input_gemm ? pack_fwd<T>({w_hh}, G, plan) : pack_fwd<T>({w_ih, w_hh}, G, plan);
   });
   const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
+  // With a projection every row goes through the tiles (which zero the finished rows' h_new
+  // for the W_hr GEMM) and proj_fwd_post carries them.
+  const ActivePrefix active(nT, B, proj ? nullptr : len);
 
   for (int64_t t = 0; t < nT; ++t) {
     const int64_t sp = need_saved ? t : t % 2, sn = need_saved ? t + 1 : (t + 1) % 2;
@@ -302,8 +341,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     a.y = proj || states_in_y ? nullptr : y.data_ptr<T>();
     a.acts = acts.defined() ? slot<T>(acts, t) : nullptr;
     a.proj = proj;
-    for_items(plan.items(), item_flops(plan, input_gemm ? P : I + P),
+    a.rows = active.at(t);
+    a.plan = ActivePrefix::plan_for(plan, a.rows);
+    for_items(a.plan.items(), item_flops(a.plan, input_gemm ? P : I + P),
               [&](int64_t i0, int64_t i1) { k.fwd(mode, a, i0, i1); });
+    // Finished rows keep their state and emit zeros (natural position t: see StepShape::pos).
+    ActivePrefix::for_finished(a.rows, B, [&](int64_t b) {
+      if (a.h_prev != a.h_new) std::memcpy(a.h_new + b * H, a.h_prev + b * P, sizeof(T) * H);
+      if (lstm) std::memcpy(a.c_new + b * H, a.c_prev + b * H, sizeof(T) * H);
+      std::memset(a.y + (t * B + b) * P, 0, sizeof(T) * P);
+    });
     if (proj) {
       at::Tensor h_next_t = hs[sn];
       at::mm_out(h_next_t, ypre[yp_slot], w_hr_t);
@@ -393,8 +440,10 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     // Fused: step t's tile GEMM adds da_h[t+1] W_hh to the pass-through part of dh.
     a.plan = k.bwd_plan(B, H);
     // One step (a decoder's) has no da_h[t+1] W_hh inside the loop: nothing to pack.
-    const at::Tensor w_packed = nT > 1 ? pack_bwd(w_hh, a.plan) : at::Tensor();
+    const TilePlan plan = a.plan;
+    const at::Tensor w_packed = nT > 1 ? pack_bwd(w_hh, plan) : at::Tensor();
     a.w = ptr<T>(w_packed);
+    const ActivePrefix active(nT, B, shape.lengths);
     for (int64_t t = nT - 1; t >= 0; --t) {
       a.s.t = t;
       const bool last = t == nT - 1;
@@ -409,8 +458,16 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       a.c_new = lstm ? slot<T>(cs, t + 1) : nullptr;
       a.da = slot<T>(da, t);
       a.dh_prev = dh_next.data_ptr<T>();
+      a.rows = active.at(t);
+      a.plan = ActivePrefix::plan_for(plan, a.rows);
       for_items(a.plan.items(), item_flops(a.plan, a.k1 + a.k2),
                 [&](int64_t i0, int64_t i1) { k.bwd(mode, a, i0, i1); });
+      // Finished rows: no gate gradients (the GEMMs after the loop read them), dh and dc
+      // pass through.
+      ActivePrefix::for_finished(a.rows, B, [&](int64_t b) {
+        std::memset(a.da + b * a.ld, 0, sizeof(T) * a.ld);
+        std::memcpy(a.dh_prev + b * P, a.dh + b * P, sizeof(T) * P);
+      });
       std::swap(dh, dh_next);
     }
     add_hidden_side_product(dh, da[0], w_hh, mode, H);

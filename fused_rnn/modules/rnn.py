@@ -9,7 +9,7 @@ those three (``torch._dynamo.config.allow_rnn``), and tracing ours is the point.
 from __future__ import annotations
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from .. import functional as F
 from ..ops.recurrence.cells import GATES
@@ -18,6 +18,7 @@ from ..ops.recurrence.cells import split_flat_weights
 from ..ops.variants.function import variant_recurrence
 from ..ops.variants.layout import VariantWeights
 from ..ops.recurrence.checks import check_float_tensor, shape_str
+from .packed import PackedLayout
 from .recurrent_weights import (check_heads, check_recurrent_dropout, check_zoneout,
                                 drop_connect)
 
@@ -31,16 +32,6 @@ def _unbatch_hx(hx, name: str):
                              f"[num_layers * num_directions, hidden], got shape {shape_str(p.shape)}")
     parts = tuple(p.unsqueeze(1) if isinstance(p, torch.Tensor) else p for p in parts)
     return parts if isinstance(hx, (tuple, list)) else parts[0]
-
-
-def _repack(output: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:
-    """Padded time-major ``output`` (rows in the caller's order) -> a PackedSequence laid out
-    exactly as ``like``, so that unpacking it restores the caller's order."""
-    if like.sorted_indices is not None:
-        output = output.index_select(1, like.sorted_indices)
-        lengths = lengths.index_select(0, like.sorted_indices.cpu())
-    data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
-    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
 class _FusedRecurrence:
@@ -100,9 +91,10 @@ class _FusedRecurrence:
         # _flat_weights must follow them (torch < 2.1 has no such hook).
         if hasattr(self, "_update_flat_weights"):
             self._update_flat_weights()
-        lengths, unbatched, batch_first = None, False, self.batch_first
+        lengths, unbatched, batch_first, layout = None, False, self.batch_first, None
         if isinstance(input, PackedSequence):
-            x, lengths = pad_packed_sequence(input)
+            layout = PackedLayout(input)
+            x, lengths = layout.pad(input.data), layout.lengths
             batch_first = False
         else:
             check_float_tensor("input", input)
@@ -115,8 +107,8 @@ class _FusedRecurrence:
             if unbatched and hx is not None:
                 hx = _unbatch_hx(hx, name)
         output, h_n, c_n = self._run(x, hx, batch_first, lengths)
-        if lengths is not None:
-            output = _repack(output, lengths, input)
+        if layout is not None:
+            output = layout.pack(output)
         elif unbatched:
             output, h_n = output.squeeze(1), h_n.squeeze(1)
             c_n = None if c_n is None else c_n.squeeze(1)
