@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ops", default="recurrence,attention",
                    help="comma-separated subset of: recurrence, attention, variants "
                         "(LayerNormLSTM T100 B64 I256 H256 vs its plain loop, LSTM with 8 heads "
-                        "T50 B64 I256 H1024 vs torch.nn.LSTM dense), decoder (one "
+                        "T50 B64 I256 H1024 vs torch.nn.LSTM dense, LSTM and GRU on a "
+                        "PackedSequence of mixed lengths vs torch.nn on it), decoder (one "
                         "attention-decoder step vs torch.nn parts); the last two not by default")
     p.add_argument("--backends", default=None,
                    help="comma-separated fused_rnn backends to time (default: all available)")
@@ -548,7 +549,8 @@ def main(argv=None) -> int:
     if variant_rows:
         print("\nvariants (x plain: time / plain PyTorch's: for layernorm_lstm a loop with the "
               "input projection and its layer norm batched over steps, for headwise_lstm "
-              "torch.nn.LSTM on the dense block-diagonal W_hh; max |diff|: output vs it)")
+              "torch.nn.LSTM on the dense block-diagonal W_hh, for packed_* torch.nn on the "
+              "same PackedSequence; max |diff|: output vs it)")
         print(format_table(variant_rows, device.type, VC.COLUMNS))
     if dec_rows:
         print("\n" + DC.format_rows(dec_rows))

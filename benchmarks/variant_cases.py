@@ -8,6 +8,9 @@ PyTorch user runs without fused_rnn (the row ``plain-pytorch``), on the same par
 - ``headwise_lstm``: ``LSTM(num_heads=8)`` on each fused backend (one recurrence per head),
   against ``torch.nn.LSTM`` (oneDNN on CPU, cuDNN on GPU) given the dense block-diagonal
   ``W_hh`` (``fused_rnn.headwise_to_dense`` of the blocks, so gradients reach them).
+- ``packed_lstm``, ``packed_gru``: the fused module on a PackedSequence of mixed lengths
+  (uniform in 1..T, the longest T: about half the padded batch's steps), against
+  ``torch.nn.LSTM``/``GRU`` on the same PackedSequence and Parameters.
 
 Shared by ``benchmarks/run.py`` (``--ops variants``) and ``benchmarks/test_bench_variants.py``.
 """
@@ -21,9 +24,11 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
 from fused_rnn import backends
+from fused_rnn.modules.packed import PackedLayout
 
 from .cases import Shape
 from .measure import drop_grads, time_ms
@@ -60,6 +65,36 @@ def dense_torch_lstm(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.func.functional_call(twin, weights, (x,))[0]
 
 
+class PackedRun(torch.nn.Module):
+    """``rnn`` on x [T, B, I] packed with fixed ``lengths``, as a caller with PackedSequence
+    runs it; the output comes back padded through one gather (fused_rnn's PackedLayout), the
+    same for every implementation, so that dy [T, B, H] applies. ``twin`` is torch.nn's
+    module on the same Parameters."""
+
+    def __init__(self, rnn: torch.nn.Module, twin: torch.nn.Module, lengths: torch.Tensor):
+        super().__init__()
+        self.rnn, self.twin, self.lengths = rnn, twin, lengths
+
+    def run(self, module: torch.nn.Module, x: torch.Tensor) -> tuple:
+        out = module(pack_padded_sequence(x, self.lengths, enforce_sorted=False))[0]
+        return (PackedLayout(out).pad(out.data),)
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        return self.run(self.rnn, x)
+
+
+def _packed(cell: str) -> Callable:
+    def build(shape: Shape, gen: torch.Generator) -> PackedRun:
+        fused = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}[cell](shape.I, shape.H)
+        twin = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](shape.I, shape.H)
+        for name in twin._flat_weights_names:
+            setattr(twin, name, getattr(fused, name))
+        lengths = torch.randint(1, shape.T + 1, (shape.B,), generator=gen)
+        lengths[0] = shape.T
+        return PackedRun(fused, twin, lengths)
+    return build
+
+
 def _layer_norm_lstm(shape: Shape, gen: torch.Generator) -> torch.nn.Module:
     module = fused_rnn.LayerNormLSTM(shape.I, shape.H)
     with torch.no_grad():  # gains and shifts away from 1 and 0, as after training
@@ -83,6 +118,8 @@ VARIANTS = {v.name: v for v in (
             _layer_norm_lstm, plain_layer_norm_lstm),
     Variant("headwise_lstm", "recurrence", (Shape(T=50, B=64, I=256, H=1024),),
             lambda shape, gen: fused_rnn.LSTM(shape.I, shape.H, num_heads=HEADS), dense_torch_lstm),
+    *(Variant(f"packed_{cell}", "recurrence", (Shape(T=100, B=64, I=256, H=256),),
+              _packed(cell), lambda m, x: m.run(m.twin, x)[0]) for cell in ("lstm", "gru")),
 )}
 
 

@@ -128,3 +128,19 @@ def test_no_compiler_is_a_row_that_says_why(monkeypatch):
     case, workload, args = tiny_row_inputs()
     row = run.measure_row(case, workload, C.COMPILED_CELL_LOOP, torch.device("cpu"), args)
     assert row["skipped"] == "no C++ compiler here"
+
+
+def test_a_training_run_leaves_no_gradients_so_its_peak_is_the_same_each_time():
+    # The peak window once credited freeing the previous run's gradients, depending on
+    # whether that free fell inside it: 31 or 39 MiB for the same GRU run.
+    from benchmarks.measure import peak_mib
+
+    w = C.build_workload("gru", C.Shape(T=20, B=16, I=32, H=32))
+    for implementation in (C.TORCH_NN, C.FUSED_PREFIX + "reference"):
+        runner = C.make_runner(w, implementation, "fwd+bwd")
+        runner()
+        assert w.x.grad is None and all(p.grad is None for p in w.parameters())
+        peaks = [peak_mib(runner, torch.device("cpu")) for _ in range(3)]
+        dx_mib = w.x.numel() * w.x.element_size() / 2**20
+        # dx is allocated in the run and counted, never offset by an earlier free.
+        assert peaks[0] == peaks[1] == peaks[2] and peaks[0] >= dx_mib, peaks
