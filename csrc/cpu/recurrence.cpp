@@ -498,6 +498,78 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
   return {dh, dc};
 }
 
+// The rows the sums over steps (dx, dW_ih, dW_hh, the biases) run over, row for row: the gate
+// gradients D [R, ld] in loop order, the inputs x [R, I] and the states before each step.
+// Reversed rows are gathered from and scattered to natural order on the narrow side (x, dx),
+// never on the wide gate gradients. With lengths, the steps a row has finished are zero rows
+// of every sum: when they are many (a PackedSequence of mixed lengths), the active rows are
+// moved to the front of da, in place, and the sums run over them alone.
+struct SumRows {
+  at::Tensor D, x;
+  at::Tensor natural;  // [R] natural-order row of each row; undefined: the identity
+  at::Tensor h;        // [R, P] the states before each step, when rows were left out
+  const States* hs;
+  int64_t nT, B;
+
+  // [R, n] in loop order -> [T*B, n] in natural order, zero where no row lands.
+  at::Tensor to_natural(const at::Tensor& rows) const {
+    if (!natural.defined()) return rows;
+    if (rows.size(0) == nT * B) return rows.index_select(0, natural);  // its own inverse
+    return at::zeros({nT * B, rows.size(1)}, rows.options()).index_copy_(0, natural, rows);
+  }
+  // out = cols^T [the state before each row's step] for cols [R, n].
+  void h_product(at::Tensor out, const at::Tensor& cols) const {
+    if (h.defined()) {
+      at::mm_out(out, cols.t(), h);
+    } else {
+      hs->first_t_product(out, cols, nT, B);
+    }
+  }
+};
+
+// Below this fraction of active rows, the sums leave the finished ones out.
+constexpr double kLeaveOutBelow = 0.9;
+
+template <typename T>
+SumRows sum_rows(at::Tensor& da, const at::Tensor& x, const States& hs, int64_t nT, int64_t B,
+                 bool reverse, const int64_t* len) {
+  const int64_t ld = da.size(2), I = x.size(2);
+  const at::Tensor x2 = x.view({nT * B, I});
+  SumRows r{da.view({nT * B, ld}), x2, at::Tensor(), at::Tensor(), &hs, nT, B};
+  int64_t active = 0;
+  for (int64_t b = 0; len && b < B; ++b) active += std::min(len[b], nT);
+  if (!len || active >= kLeaveOutBelow * double(nT * B)) {
+    if (reverse) {
+      r.natural = natural_order_index(nT, B, len);
+      r.x = x2.index_select(0, r.natural);
+    }
+    return r;
+  }
+  TORCH_CHECK(!hs.in_y, "fused_rnn: internal: with lengths the states are saved apart from y");
+  const auto long_opts = at::TensorOptions().dtype(at::kLong);
+  at::Tensor loop = at::empty({active}, long_opts), natural = at::empty({active}, long_opts);
+  int64_t *lp = loop.data_ptr<int64_t>(), *np = natural.data_ptr<int64_t>();
+  T* const d = da.data_ptr<T>();
+  int64_t k = 0;
+  for (int64_t t = 0; t < nT; ++t) {
+    const StepShape s{nT, B, 0, 0, t, reverse, len};
+    for (int64_t b = 0; b < B; ++b) {
+      if (!s.active(b)) continue;
+      lp[k] = t * B + b;
+      np[k] = s.pos(b) * B + b;
+      // Ascending, and each row's source at or after it: no unread row is overwritten.
+      if (lp[k] != k) std::memcpy(d + k * ld, d + lp[k] * ld, sizeof(T) * ld);
+      ++k;
+    }
+  }
+  r.D = r.D.narrow(0, 0, active);
+  r.natural = natural;
+  r.x = x2.index_select(0, natural);
+  // Slot t of the saved states, row b: the state before loop step t, at row t * B + b.
+  r.h = hs.saved.view({-1, hs.saved.size(2)}).index_select(0, loop);
+  return r;
+}
+
 template <typename T>
 std::vector<at::Tensor> backward_impl(
     int64_t mode, bool reverse, const at::Tensor& x_, const at::Tensor& h0, const at::Tensor& c0,
@@ -528,25 +600,20 @@ std::vector<at::Tensor> backward_impl(
   at::Tensor dh0, dc0;
   std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, hs, cs, dy, dh_n, dc_n, da, dhs);
 
-  // Everything that is a sum over steps: one GEMM (or one reduction) each, in loop order.
-  // Reversed rows are gathered from and scattered to natural order on the narrow side (x, dx),
-  // never on the wide gate gradients.
-  const at::Tensor D = da.view({nT * B, da.size(2)});
+  // Everything that is a sum over steps: one GEMM (or one reduction) each (see SumRows).
+  const SumRows rows = sum_rows<T>(da, x, hs, nT, B, reverse, len);
+  const at::Tensor D = rows.D;
   const at::Tensor da_in = D.narrow(1, 0, GH);  // input side
-  const at::Tensor x2 = x.view({nT * B, I});
-  const at::Tensor order = reverse ? natural_order_index(nT, B, len) : at::Tensor();
-  const at::Tensor x_loop = reverse ? x2.index_select(0, order) : x2;
-  at::Tensor dx = at::mm(da_in, w_ih);
-  if (reverse) dx = dx.index_select(0, order);
-  at::Tensor dw_ih = at::mm(da_in.t(), x_loop);
+  at::Tensor dx = rows.to_natural(at::mm(da_in, w_ih));
+  at::Tensor dw_ih = at::mm(da_in.t(), rows.x);
   at::Tensor dw_hh = at::empty({GH, P}, opts), db_hh;
   at::Tensor db_ih = b_ih.defined() ? da_in.sum(0) : none_like(x);
   if (gru) {
-    hs.first_t_product(dw_hh.narrow(0, 0, 2 * H), D.narrow(1, 0, 2 * H), nT, B);
-    hs.first_t_product(dw_hh.narrow(0, 2 * H, H), D.narrow(1, 3 * H, H), nT, B);
+    rows.h_product(dw_hh.narrow(0, 0, 2 * H), D.narrow(1, 0, 2 * H));
+    rows.h_product(dw_hh.narrow(0, 2 * H, H), D.narrow(1, 3 * H, H));
     if (b_hh.defined()) db_hh = at::cat({db_ih.narrow(0, 0, 2 * H), D.narrow(1, 3 * H, H).sum(0)});
   } else {
-    hs.first_t_product(dw_hh, da_in, nT, B);
+    rows.h_product(dw_hh, da_in);
     if (b_hh.defined()) db_hh = db_ih.clone();
   }
   if (!b_hh.defined()) db_hh = none_like(x);
