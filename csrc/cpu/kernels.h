@@ -140,6 +140,20 @@ struct ProjBwdPre {
   T* g_saved;   // [B, P] dh + dy on active rows, 0 on inactive rows (for dW_hr)
 };
 
+// A plain GEMM through the step kernels' tiles: out row out_rows[i] (or i) = a_i W for the
+// rows i in [0, R), a_i = a + i * lda ([K]); W packed as the backward panels
+// ([panels, K, units], see recurrence.cpp's pack_bwd), out [*, N].
+template <typename T>
+struct RowsGemm {
+  TilePlan plan;  // over R rows and N columns
+  const T* w;
+  const T* a;
+  int64_t lda, K, R;
+  T* out;
+  int64_t N;
+  const int64_t* out_rows;  // [R] or nullptr
+};
+
 template <typename T>
 struct Kernels {
   TilePlan (*fwd_plan)(int64_t mode, int64_t B, int64_t H);
@@ -151,6 +165,8 @@ struct Kernels {
   void (*lstm_bwd_rows)(const BwdStep<T>&, int64_t b0, int64_t b1);
   void (*proj_fwd_post)(const ProjFwdPost<T>&, int64_t b0, int64_t b1);
   void (*proj_bwd_pre)(const ProjBwdPre<T>&, int64_t b0, int64_t b1);
+  // RowsGemm over the items [i0, i1) of its plan.
+  void (*rows_gemm)(const RowsGemm<T>&, int64_t i0, int64_t i1);
 };
 
 // One table per capability (cap_default.cpp, cap_avx2.cpp, cap_avx512.cpp).

@@ -525,9 +525,37 @@ void proj_bwd_pre(const ProjBwdPre<T>& a, int64_t b0, int64_t b1) {
 }
 
 template <typename T>
+void rows_gemm(const RowsGemm<T>& g, int64_t i0, int64_t i1) {
+  constexpr int NV = kBwdUnitVecs;
+  constexpr int64_t V = Vec<T>::size();
+  const int64_t seg_k[1] = {g.K};
+  const auto row = [&](int, int64_t i) { return g.a + i * g.lda; };
+  const auto after = [](int, int64_t, int, Vec<T> (&)[kTileRows][NV]) {};
+  const auto epi = [&](int64_t q, int64_t i, int64_t, int64_t, const Vec<T>* acc) {
+    T* out = g.out + (g.out_rows ? g.out_rows[i] : i) * g.N;
+    for (int u = 0; u < NV; ++u) {
+      const int64_t j = q * g.plan.units + u * V, n = std::min<int64_t>(V, g.N - j);
+      if (n <= 0) break;
+      st(acc[u], out, j, n);
+    }
+  };
+  // [i0, i1): panels. A group of row blocks goes through every panel of the range while its
+  // rows are in cache; the thread's panels stay in its L2 throughout.
+  const int64_t rbn = g.plan.row_blocks;
+  for (int64_t rb = 0; rb < rbn; rb += kGroupBlocks) {
+    const int64_t rb1 = std::min<int64_t>(rbn, rb + kGroupBlocks);
+    for (int64_t q = i0; q < i1; ++q) {
+      panel_tiles<T, NV, kTileRows>(g.plan, g.R, q * rbn + rb, q * rbn + rb1, g.w, 1, seg_k, row,
+                                    after, epi);
+    }
+  }
+}
+
+template <typename T>
 const Kernels<T>& table() {
-  static const Kernels<T> k{&fwd_plan<T>,      &bwd_plan<T>,      &fwd<T>, &bwd<T>,
-                            &lstm_bwd_rows<T>, &proj_fwd_post<T>, &proj_bwd_pre<T>};
+  static const Kernels<T> k{&fwd_plan<T>,      &bwd_plan<T>,      &fwd<T>,
+                            &bwd<T>,           &lstm_bwd_rows<T>, &proj_fwd_post<T>,
+                            &proj_bwd_pre<T>,  &rows_gemm<T>};
   return k;
 }
 

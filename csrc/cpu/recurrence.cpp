@@ -498,6 +498,9 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
   return {dh, dc};
 }
 
+// Rows from which SumRows::times packs its weight for the step kernels' tiles.
+constexpr int64_t kTilesMinRows = 256;
+
 // The rows the sums over steps (dx, dW_ih, dW_hh, the biases) run over, row for row: the gate
 // gradients D [R, ld] in loop order, the inputs x [R, I] and the states before each step.
 // Reversed rows are gathered from and scattered to natural order on the narrow side (x, dx),
@@ -511,11 +514,52 @@ struct SumRows {
   const States* hs;
   int64_t nT, B;
 
-  // [R, n] in loop order -> [T*B, n] in natural order, zero where no row lands.
-  at::Tensor to_natural(const at::Tensor& rows) const {
-    if (!natural.defined()) return rows;
-    if (rows.size(0) == nT * B) return rows.index_select(0, natural);  // its own inverse
-    return at::zeros({nT * B, rows.size(1)}, rows.options()).index_copy_(0, natural, rows);
+  // D's first K columns times w [K, N] (a weight, same dtype), in natural order: through
+  // the step kernels' tiles, 16.0 vs 19.6 ms for MKL's at::mm (dx of T=100, B=64, I=H=256
+  // LSTM, 2 Zen 4 cores), rows landing in natural order with no gather. Few rows (a
+  // decoder's step) would not pay for packing w: at::mm then.
+  template <typename T>
+  at::Tensor times(const at::Tensor& w) const {
+    const int64_t R = D.size(0), K = w.size(0), N = w.size(1);
+    const bool all_rows = R == nT * B;
+    if (R < kTilesMinRows) {
+      const at::Tensor rows = at::mm(D.narrow(1, 0, K), w);
+      if (!natural.defined()) return rows;
+      if (all_rows) return rows.index_select(0, natural);  // a permutation, its own inverse
+      return at::zeros({nT * B, N}, w.options()).index_copy_(0, natural, rows);
+    }
+    at::Tensor out = all_rows ? at::empty({nT * B, N}, w.options()) : at::zeros({nT * B, N}, w.options());
+    const Kernels<T>& k = kernels<T>();
+    RowsGemm<T> g;
+    g.plan = k.bwd_plan(R, N);
+    const at::Tensor packed = pack_bwd(w, g.plan);
+    g.w = packed.data_ptr<T>();
+    g.a = D.data_ptr<T>();
+    g.lda = D.stride(0);
+    g.K = K;
+    g.R = R;
+    g.out = out.data_ptr<T>();
+    g.N = N;
+    g.out_rows = natural.defined() ? natural.data_ptr<int64_t>() : nullptr;
+    // Threads take whole panels (each keeps its panels in its L2); too few panels for the
+    // threads (a narrow w): ranges of rows instead.
+    if (g.plan.panels >= at::get_num_threads()) {
+      at::parallel_for(0, g.plan.panels, 1, [&](int64_t q0, int64_t q1) { k.rows_gemm(g, q0, q1); });
+      return out;
+    }
+    at::parallel_for(0, R, 8 * g.plan.rows, [&](int64_t r0, int64_t r1) {
+      RowsGemm<T> part = g;
+      part.a += r0 * g.lda;
+      part.R = r1 - r0;
+      part.plan.row_blocks = (part.R + g.plan.rows - 1) / g.plan.rows;
+      if (part.out_rows) {
+        part.out_rows += r0;
+      } else {
+        part.out += r0 * N;
+      }
+      k.rows_gemm(part, 0, g.plan.panels);
+    });
+    return out;
   }
   // out = cols^T [the state before each row's step] for cols [R, n].
   void h_product(at::Tensor out, const at::Tensor& cols) const {
@@ -526,6 +570,7 @@ struct SumRows {
     }
   }
 };
+
 
 // Below this fraction of active rows, the sums leave the finished ones out.
 constexpr double kLeaveOutBelow = 0.9;
@@ -604,7 +649,7 @@ std::vector<at::Tensor> backward_impl(
   const SumRows rows = sum_rows<T>(da, x, hs, nT, B, reverse, len);
   const at::Tensor D = rows.D;
   const at::Tensor da_in = D.narrow(1, 0, GH);  // input side
-  at::Tensor dx = rows.to_natural(at::mm(da_in, w_ih));
+  at::Tensor dx = rows.times<T>(w_ih);
   at::Tensor dw_ih = at::mm(da_in.t(), rows.x);
   at::Tensor dw_hh = at::empty({GH, P}, opts), db_hh;
   at::Tensor db_ih = b_ih.defined() ? da_in.sum(0) : none_like(x);

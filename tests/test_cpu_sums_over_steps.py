@@ -1,0 +1,47 @@
+"""The cpu backend's sums over steps at sizes the parity grid never reaches: from 256 rows
+(T*B, or the active rows with lengths) dx goes through the step kernels' tiles (threads
+taking panels of dx's columns, or ranges of rows when dx is narrower than a panel per
+thread: I=24 is one panel of 32 float64 units) instead of at::mm. Every gradient against autograd through the reference forward."""
+
+import pytest
+import torch
+
+from fused_rnn import _native, backends
+from fused_rnn.ops.recurrence import reference
+from fused_rnn.ops.recurrence.cells import GATES, GRU, LSTM, RNN_TANH, LayerWeights
+from fused_rnn.ops.recurrence.function import recurrence_layer
+from fused_rnn.testing import assert_close, randn, random_lengths
+
+pytestmark = pytest.mark.skipif(_native.cpu_available() is not None,
+                                reason=f"the cpu backend is not built here: {_native.cpu_available()}")
+
+# 320 rows; with lengths twice the steps, of which about half are active (~330 rows).
+T, B, H = 20, 16, 24
+DT = torch.float64
+
+
+@pytest.mark.parametrize("I", [24, 200], ids=["narrow-rows-split", "panels-with-tail"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode", [LSTM, GRU, RNN_TANH])
+def test_every_gradient_matches_reference(mode, reverse, lengths, I):
+    torch.manual_seed(0)
+    G = GATES[mode]
+    steps = 2 * T if lengths else T  # keeps the active rows above the tiles' threshold
+    x = randn(steps, B, I, dtype=DT, requires_grad=True)
+    h0 = randn(B, H, dtype=DT, requires_grad=True)
+    c0 = randn(B, H, dtype=DT, requires_grad=True) if mode == LSTM else None
+    mk = lambda *s: randn(*s, dtype=DT, requires_grad=True, scale=0.5)  # noqa: E731
+    w = LayerWeights(mk(G * H, I), mk(G * H, H), mk(G * H), mk(G * H), None)
+    lens = random_lengths(B, steps) if lengths else None
+    ops = backends.get_backend("cpu").ops("recurrence")
+    outs = [o for o in recurrence_layer(ops, mode, reverse, x, h0, c0, w, lens) if o is not None]
+    routs = [o for o in reference._fwd(mode, reverse, x, h0, c0, w, lens, need_saved=False)[:3]
+             if o is not None]
+    ups = [torch.randn_like(o) for o in outs]
+    leaves = [t for t in (x, h0, c0, *w) if t is not None]
+    got = torch.autograd.grad(sum((o * u).sum() for o, u in zip(outs, ups)), leaves)
+    want = torch.autograd.grad(sum((o * u).sum() for o, u in zip(routs, ups)), leaves)
+    names = ["dx", "dh0"] + (["dc0"] if c0 is not None else []) + ["dw_ih", "dw_hh", "db_ih", "db_hh"]
+    for n, a, e in zip(names, got, want):
+        assert_close(a, e, rtol=1e-10, atol=1e-10, name=n)
