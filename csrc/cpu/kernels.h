@@ -154,6 +154,20 @@ struct RowsGemm {
   const int64_t* out_rows;  // [R] or nullptr
 };
 
+// out [M, N] (=, or += with accumulate) = a^T b over K rows: a [K, >= M] and b [K, >= N]
+// row-major with row strides lda, ldb (the weight gradients: gate gradients^T inputs).
+template <typename T>
+struct ColsGemm {
+  const T* a;
+  int64_t lda, M;
+  const T* b;
+  int64_t ldb, N;
+  int64_t K;
+  T* out;
+  int64_t ldo;
+  bool accumulate;
+};
+
 template <typename T>
 struct Kernels {
   TilePlan (*fwd_plan)(int64_t mode, int64_t B, int64_t H);
@@ -167,6 +181,9 @@ struct Kernels {
   void (*proj_bwd_pre)(const ProjBwdPre<T>&, int64_t b0, int64_t b1);
   // RowsGemm over the items [i0, i1) of its plan.
   void (*rows_gemm)(const RowsGemm<T>&, int64_t i0, int64_t i1);
+  // ColsGemm over the tiles [i0, i1) of cols_gemm_rows() rows of out each.
+  void (*cols_gemm)(const ColsGemm<T>&, int64_t i0, int64_t i1);
+  int64_t (*cols_gemm_rows)();
 };
 
 // One table per capability (cap_default.cpp, cap_avx2.cpp, cap_avx512.cpp).

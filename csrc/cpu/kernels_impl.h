@@ -551,11 +551,88 @@ void rows_gemm(const RowsGemm<T>& g, int64_t i0, int64_t i1) {
   }
 }
 
+// acc[r][v] += sum_k a[k * lda + r] * b[k * ldb + v * V + (0..V-1)], the first n (<= NV * V)
+// columns of b (the rest read as zeros).
+template <typename T, int MR, int NV>
+inline void tile_gemm_tn(const T* a, int64_t lda, const T* b, int64_t ldb, int64_t K, int64_t n,
+                         Vec<T> (&acc)[MR][NV]) {
+  constexpr int64_t V = Vec<T>::size();
+  const bool full = n == NV * V;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* bk = b + k * ldb;
+    const T* ak = a + k * lda;
+    Vec<T> wv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const int64_t nv = std::max<int64_t>(0, std::min<int64_t>(V, n - v * V));
+      wv[v] = full ? Vec<T>::loadu(bk + v * V) : nv ? ld(bk, v * V, nv) : Vec<T>(T(0));
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const Vec<T> ar(ak[r]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(ar, wv[v], acc[r][v]);
+    }
+  }
+}
+
+// Rows of b per chunk: a chunk of b ([256, N], 256 KiB at N = 256 floats) stays in L2 while
+// every tile of the thread's rows of out passes over it.
+constexpr int64_t kColsChunk = 256;
+// Tiles of out rows that share a chunk of a's columns while it is in L1.
+constexpr int64_t kColsBlock = 8;
+
+template <typename T>
+int64_t cols_gemm_rows() { return kTileRows; }
+
+template <typename T>
+void cols_gemm(const ColsGemm<T>& g, int64_t i0, int64_t i1) {
+  constexpr int NV = kBwdUnitVecs, MR = kTileRows;
+  constexpr int64_t V = Vec<T>::size(), NT = NV * V;
+  for (int64_t k0 = 0; k0 < g.K; k0 += kColsChunk) {
+    const int64_t kc = std::min(kColsChunk, g.K - k0);
+    const bool first = k0 == 0 && !g.accumulate;
+    for (int64_t mb = i0; mb < i1; mb += kColsBlock) {
+      const int64_t mb1 = std::min(i1, mb + kColsBlock);
+      for (int64_t n0 = 0; n0 < g.N; n0 += NT) {
+        const int64_t n = std::min(NT, g.N - n0);
+        for (int64_t i = mb; i < mb1; ++i) {
+          const int64_t m0 = i * MR;
+          with_rows<MR>(int(std::min<int64_t>(MR, g.M - m0)), [&](auto rows) {
+            constexpr int R = decltype(rows)::value;
+            T* o = g.out + m0 * g.ldo + n0;
+            Vec<T> acc[R][NV];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+              for (int v = 0; v < NV; ++v) {
+                const int64_t nv = std::max<int64_t>(0, std::min<int64_t>(V, n - v * V));
+                acc[r][v] = first || !nv ? Vec<T>(T(0)) : ld(o + r * g.ldo, v * V, nv);
+              }
+            }
+            tile_gemm_tn<T, R, NV>(g.a + k0 * g.lda + m0, g.lda, g.b + k0 * g.ldb + n0, g.ldb,
+                                   kc, n, acc);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+              for (int v = 0; v < NV; ++v) {
+                const int64_t nv = std::max<int64_t>(0, std::min<int64_t>(V, n - v * V));
+                if (nv) st(acc[r][v], o + r * g.ldo, v * V, nv);
+              }
+            }
+          });
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 const Kernels<T>& table() {
   static const Kernels<T> k{&fwd_plan<T>,      &bwd_plan<T>,      &fwd<T>,
                             &bwd<T>,           &lstm_bwd_rows<T>, &proj_fwd_post<T>,
-                            &proj_bwd_pre<T>,  &rows_gemm<T>};
+                            &proj_bwd_pre<T>,  &rows_gemm<T>,      &cols_gemm<T>,
+                            &cols_gemm_rows<T>};
   return k;
 }
 

@@ -401,18 +401,6 @@ struct States {
   T* at_step(int64_t t) const {
     return in_y ? (t ? slot<T>(saved, t - 1) : h0.data_ptr<T>()) : slot<T>(saved, t);
   }
-  // out = cols^T [h_0; ...; h_{T-1}] for cols [T*B, n]: one GEMM, or two around y's start.
-  void first_t_product(at::Tensor out, const at::Tensor& cols, int64_t nT, int64_t B) const {
-    const int64_t P = h0.size(-1);
-    if (!in_y) {
-      at::mm_out(out, cols.t(), saved.narrow(0, 0, nT).view({nT * B, P}));
-      return;
-    }
-    at::mm_out(out, cols.narrow(0, 0, B).t(), h0);
-    if (nT > 1) {
-      out.addmm_(cols.narrow(0, B, (nT - 1) * B).t(), saved.narrow(0, 0, nT - 1).view({(nT - 1) * B, P}));
-    }
-  }
 };
 
 template <typename T>
@@ -561,12 +549,38 @@ struct SumRows {
     });
     return out;
   }
-  // out = cols^T [the state before each row's step] for cols [R, n].
-  void h_product(at::Tensor out, const at::Tensor& cols) const {
-    if (h.defined()) {
-      at::mm_out(out, cols.t(), h);
-    } else {
-      hs->first_t_product(out, cols, nT, B);
+  // out [M, N] = D's columns [col0, col0 + M)^T b over D's rows [row0, row0 + b's rows).
+  // Through the tiles from kTilesMinRows rows: dW_ih and dW_hh of T=100, B=64, I=H=256
+  // LSTM in 34.6 vs 38.6 ms for MKL's at::mm (2 Zen 4 cores).
+  template <typename T>
+  void d_t_times(at::Tensor out, int64_t col0, const at::Tensor& b, int64_t row0 = 0,
+                 bool accumulate = false) const {
+    const int64_t K = b.size(0), M = out.size(0);
+    const at::Tensor a = D.narrow(0, row0, K).narrow(1, col0, M);
+    if (K < kTilesMinRows) {
+      if (accumulate) {
+        out.addmm_(a.t(), b);
+      } else {
+        at::mm_out(out, a.t(), b);
+      }
+      return;
+    }
+    const ColsGemm<T> g{a.data_ptr<T>(), a.stride(0), M, b.data_ptr<T>(), b.stride(0), b.size(1),
+                        K, out.data_ptr<T>(), out.stride(0), accumulate};
+    const Kernels<T>& k = kernels<T>();
+    const int64_t tiles = (M + k.cols_gemm_rows() - 1) / k.cols_gemm_rows();
+    at::parallel_for(0, tiles, 1, [&](int64_t i0, int64_t i1) { k.cols_gemm(g, i0, i1); });
+  }
+  // out = D's columns [col0, col0 + out's rows)^T [the state before each row's step]: the
+  // saved states' first T slots, or h0 then y (whose step t is h_{t+1}).
+  template <typename T>
+  void h_product(at::Tensor out, int64_t col0) const {
+    if (h.defined()) return d_t_times<T>(out, col0, h);
+    const int64_t P = hs->h0.size(-1);
+    if (!hs->in_y) return d_t_times<T>(out, col0, hs->saved.narrow(0, 0, nT).view({nT * B, P}));
+    d_t_times<T>(out, col0, hs->h0);
+    if (nT > 1) {
+      d_t_times<T>(out, col0, hs->saved.narrow(0, 0, nT - 1).view({(nT - 1) * B, P}), B, true);
     }
   }
 };
@@ -650,15 +664,16 @@ std::vector<at::Tensor> backward_impl(
   const at::Tensor D = rows.D;
   const at::Tensor da_in = D.narrow(1, 0, GH);  // input side
   at::Tensor dx = rows.times<T>(w_ih);
-  at::Tensor dw_ih = at::mm(da_in.t(), rows.x);
+  at::Tensor dw_ih = at::empty({GH, I}, opts);
+  rows.d_t_times<T>(dw_ih, 0, rows.x);
   at::Tensor dw_hh = at::empty({GH, P}, opts), db_hh;
   at::Tensor db_ih = b_ih.defined() ? da_in.sum(0) : none_like(x);
   if (gru) {
-    rows.h_product(dw_hh.narrow(0, 0, 2 * H), D.narrow(1, 0, 2 * H));
-    rows.h_product(dw_hh.narrow(0, 2 * H, H), D.narrow(1, 3 * H, H));
+    rows.h_product<T>(dw_hh.narrow(0, 0, 2 * H), 0);
+    rows.h_product<T>(dw_hh.narrow(0, 2 * H, H), 3 * H);
     if (b_hh.defined()) db_hh = at::cat({db_ih.narrow(0, 0, 2 * H), D.narrow(1, 3 * H, H).sum(0)});
   } else {
-    rows.h_product(dw_hh, da_in);
+    rows.h_product<T>(dw_hh, 0);
     if (b_hh.defined()) db_hh = db_ih.clone();
   }
   if (!b_hh.defined()) db_hh = none_like(x);
