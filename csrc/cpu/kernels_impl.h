@@ -466,6 +466,12 @@ void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
         rnn_bwd_units(a, b, j, n, g, relu);
         st(Vec<T>(T(0)), dh_prev, j, n);
       }
+      if (a.db) {  // the gradients just stored, from L1, into the bias sums
+        for (int64_t slot = 0; slot < a.ld / H; ++slot) {
+          T* db = a.db + slot * H;
+          st(ld(db, j, n) + ld(a.da + b * a.ld + slot * H, j, n), db, j, n);
+        }
+      }
     }
   };
   panel_tiles<T, NV, kTileRows>(a.plan, a.rows.n, i0, i1, a.w, 2, seg_k, row, after, epi);
