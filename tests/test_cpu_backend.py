@@ -20,10 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = ["default", "avx2", "avx512"]
 
 
-def _run_parity_tests(env):
+def _run_parity_tests(env, extra=()):
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "cpu",
-         "tests/test_recurrence_function.py", "tests/test_recurrence_modules.py"],
+         "tests/test_recurrence_function.py", "tests/test_recurrence_modules.py", *extra],
         env=dict(os.environ, **env), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and "failed" not in r.stdout
@@ -48,6 +48,16 @@ def test_both_forward_paths_pass_the_parity_tests(input_gemm):
     """The step computes x_t W_ih^T itself (large batches) or reads it from one GEMM over all
     steps (small batches); the test sizes are small, so each path is forced in turn."""
     _run_parity_tests({"FUSED_RNN_CPU_INPUT_GEMM": input_gemm})
+
+
+@needs_extension
+@pytest.mark.parametrize("rows", ["1", "400"])
+def test_sums_over_steps_in_chunks_pass_the_parity_tests(rows):
+    """The backward hands its gradients to the sums over steps (dx, dW) in chunks of ~2048
+    rows, which the test sizes never fill: one step per chunk, then chunks of 400 rows
+    (several chunks of the tiles' sizes in tests/test_cpu_sums_over_steps.py)."""
+    _run_parity_tests({"FUSED_RNN_CPU_SUM_ROWS": rows},
+                      extra=["tests/test_cpu_sums_over_steps.py"])
 
 
 def _env_cpu_first():

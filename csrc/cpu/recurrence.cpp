@@ -237,17 +237,6 @@ class ActivePrefix {
   std::vector<int64_t> order_, count_;
 };
 
-// Loop-order rows -> natural-order rows of a [T*B, N] buffer (reverse direction).
-at::Tensor natural_order_index(int64_t T, int64_t B, const int64_t* lengths) {
-  at::Tensor idx = at::empty({T * B}, at::TensorOptions().dtype(at::kLong));
-  int64_t* p = idx.data_ptr<int64_t>();
-  for (int64_t t = 0; t < T; ++t) {
-    StepShape s{T, B, 0, 0, t, true, lengths};
-    for (int64_t b = 0; b < B; ++b) p[t * B + b] = s.pos(b) * B + b;  // pos is its own inverse
-  }
-  return idx;
-}
-
 // ---------------------------------------------------------------- forward
 
 template <typename T>
@@ -387,9 +376,14 @@ void add_hidden_side_product(at::Tensor& dh, const at::Tensor& da, const at::Ten
   }
 }
 
-// The reverse loop. Turns da [T, B, ld] (LSTM and GRU: the saved activations) into the gate
-// gradients of every step, fills dhs [T, B, P] with a projection (dh + dy per step, for
-// dW_hr); returns dh0, dc0.
+// The reverse loop. Writes the gate gradients of every step into da (LSTM and GRU: the saved
+// activations [T, B, 4H], in place; with `ring`, a buffer of `chunk` steps that each chunk
+// reuses), fills dhs [T, B, P] with a projection (dh + dy per step, for dW_hr) and, without
+// one, db_sums [ld] (the gate gradients summed over steps and rows); returns dh0, dc0. Each
+// time steps [t0, t1) are done (`chunk` of them; all at once with a projection),
+// on_chunk(t0, t1, rows) takes their gradients, rows [(t1 - t0) * B, ld], whose order it may
+// change: the sums over steps run there, on rows still in cache, and an RNN keeps `chunk`
+// steps of gradients instead of T.
 // The states h_0..h_T of the forward: a saved [T+1, B, P] buffer, or (forward in time,
 // no lengths, no projection) h0 and the output y [T, B, P], whose step t is h_{t+1}.
 struct States {
@@ -403,12 +397,13 @@ struct States {
   }
 };
 
-template <typename T>
+template <typename T, typename OnChunk>
 std::pair<at::Tensor, at::Tensor> backward_loop(
     int64_t mode, const StepShape& shape, const at::Tensor& w_hh, const at::Tensor& w_hr,
     const States& hs, const at::Tensor& cs, const at::Tensor& dy, const at::Tensor& dh_n,
-    const at::Tensor& dc_n, at::Tensor& da, at::Tensor& dhs, at::Tensor& db_sums) {
-  const int64_t nT = shape.T, B = shape.B, H = shape.H, P = shape.P;
+    const at::Tensor& dc_n, const at::Tensor& da, bool ring, int64_t chunk, at::Tensor& dhs,
+    at::Tensor& db_sums, OnChunk& on_chunk) {
+  const int64_t nT = shape.T, B = shape.B, H = shape.H, P = shape.P, ld = da.size(2);
   const bool lstm = mode == kLSTM, gru = mode == kGRU, proj = w_hr.defined();
   const auto opts = dy.options();
   const Kernels<T>& k = kernels<T>();
@@ -418,9 +413,18 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
   at::Tensor dc;
   if (lstm) dc = dc_n.defined() ? dc_n.contiguous().clone() : at::zeros({B, H}, opts);
 
+  // Step t0's gradients as its chunk is handed over (on_chunk may reorder the chunk's rows):
+  // step t0 - 1 reads them, and after step 0 the hidden-side product for dh0.
+  at::Tensor carry = at::empty({B, ld}, opts);
+  const auto hand_over = [&](int64_t t0, int64_t t1) {
+    const int64_t base = ring ? t0 : 0;
+    if (t1 > t0) carry.copy_(da[t0 - base]);
+    on_chunk(t0, t1, da.narrow(0, t0 - base, t1 - t0).view({(t1 - t0) * B, ld}));
+  };
+
   BwdStep<T> a{};
   a.s = shape;
-  a.ld = da.size(2);
+  a.ld = ld;
   a.dy = proj ? nullptr : dy.data_ptr<T>();
   a.dc = lstm ? dc.data_ptr<T>() : nullptr;
 
@@ -437,19 +441,22 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     // (LSTM; GRU ~1 ms, two sums).
     const int64_t threads = at::get_num_threads();
     const at::Tensor db_parts = at::zeros({threads, a.ld}, opts);
+    int64_t t1 = nT, t0 = std::max<int64_t>(0, nT - chunk);  // the chunk of step t
     for (int64_t t = nT - 1; t >= 0; --t) {
       a.s.t = t;
+      const int64_t base = ring ? t0 : 0;
       const bool last = t == nT - 1;
       a.k1 = last ? 0 : gru ? 2 * H : a.ld;
       a.k2_off = 3 * H;
       a.k2 = last || !gru ? 0 : H;
-      a.da_next = slot<T>(da, last ? t : t + 1);
+      a.da_next = last ? slot<T>(da, t - base)
+                  : t + 1 == t1 ? carry.data_ptr<T>() : slot<T>(da, t + 1 - base);
       a.dh = dh.data_ptr<T>();
       a.h_prev = hs.template at_step<T>(t);
       a.h_new = hs.template at_step<T>(t + 1);
       a.c_prev = lstm ? slot<T>(cs, t) : nullptr;
       a.c_new = lstm ? slot<T>(cs, t + 1) : nullptr;
-      a.da = slot<T>(da, t);
+      a.da = slot<T>(da, t - base);
       a.dh_prev = dh_next.data_ptr<T>();
       a.rows = active.at(t);
       a.plan = ActivePrefix::plan_for(plan, a.rows);
@@ -467,14 +474,20 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
         std::memcpy(a.dh_prev + b * P, a.dh + b * P, sizeof(T) * P);
       });
       std::swap(dh, dh_next);
+      if (t == t0) {
+        hand_over(t0, t1);
+        t1 = t0;
+        t0 = std::max<int64_t>(0, t0 - chunk);
+      }
     }
-    add_hidden_side_product(dh, da[0], w_hh, mode, H);
+    if (nT > 0) add_hidden_side_product(dh, carry, w_hh, mode, H);
     db_sums = db_parts.sum(0);
     return {dh, dc};
   }
 
   // LSTM with a projection: gy = (dh + dy) W_hr first, so the gate gradients need whole
-  // rows of dh; the recurrent GEMM is a separate, packed GEMM per step.
+  // rows of dh; the recurrent GEMM is a separate, packed GEMM per step. One chunk.
+  TORCH_CHECK(!ring, "fused_rnn: internal: the projection's loop keeps every step's gradients");
   at::Tensor g = at::empty({B, P}, opts), gy = at::empty({B, H}, opts);
   const StepGemm<T> gemm_hh(w_hh, /*transpose=*/false, B);  // dh_prev += da W_hh
   for (int64_t t = nT - 1; t >= 0; --t) {
@@ -494,78 +507,91 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     gemm_hh.run(da_t, dh_next, /*accumulate=*/true);
     std::swap(dh, dh_next);
   }
+  hand_over(0, nT);
   return {dh, dc};
 }
 
-// Rows from which SumRows::times packs its weight for the step kernels' tiles.
+// Rows from which the sums over steps go through the step kernels' tiles (below, at::mm:
+// packing a weight would cost a decoder's step more than its GEMM).
 constexpr int64_t kTilesMinRows = 256;
 
-// The rows the sums over steps (dx, dW_ih, dW_hh, the biases) run over, row for row: the gate
-// gradients D [R, ld] in loop order, the inputs x [R, I] and the states before each step.
+// Below this fraction of a chunk's rows active, its sums leave the finished ones out.
+constexpr double kLeaveOutBelow = 0.9;
+
+// Rows per chunk of the sums over steps: 8 MiB of LSTM gradients at H = 256, in L3 when the
+// sums read them. FUSED_RNN_CPU_SUM_ROWS overrides it (the tests force many chunks).
+int64_t chunk_steps(int64_t T, int64_t B) {
+  static const char* env = std::getenv("FUSED_RNN_CPU_SUM_ROWS");
+  const int64_t rows = env && *env ? std::max<int64_t>(1, std::atoll(env)) : 2048;
+  const int64_t per_step = std::max<int64_t>(B, 1);  // an empty batch: any chunk will do
+  return std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(T, 1), (rows + per_step - 1) / per_step));
+}
+
+// The rows of one chunk of steps [t0, t1) that its sums run over, row for row: the gate
+// gradients D [R, ld] (loop order), the inputs x [R, I] and the states before each row's step.
 // Reversed rows are gathered from and scattered to natural order on the narrow side (x, dx),
 // never on the wide gate gradients. With lengths, the steps a row has finished are zero rows
 // of every sum: when they are many (a PackedSequence of mixed lengths), the active rows are
-// moved to the front of da, in place, and the sums run over them alone.
+// moved to the front of the chunk, in place, and the sums run over them alone.
 struct SumRows {
   at::Tensor D, x;
-  at::Tensor natural;  // [R] natural-order row of each row; undefined: the identity
-  at::Tensor h;        // [R, P] the states before each step, when rows were left out
+  at::Tensor natural;  // [R] each row's row of dx; undefined: rows t0 * B on, in order
+  at::Tensor h;        // [R, P] the states before each row's step, when rows were left out
   const States* hs;
-  int64_t nT, B;
+  int64_t B, t0, t1;
 
-  // D's first K columns times w [K, N] (a weight, same dtype), in natural order: through
-  // the step kernels' tiles, 16.0 vs 19.6 ms for MKL's at::mm (dx of T=100, B=64, I=H=256
-  // LSTM, 2 Zen 4 cores), rows landing in natural order with no gather. Few rows (a
-  // decoder's step) would not pay for packing w: at::mm then.
+  // dx's rows of this chunk: D's first K columns times w [K, N]. Through the step kernels'
+  // tiles (w_packed: pack_bwd of w for `plan`): 16.0 vs 19.6 ms for MKL's at::mm (dx of
+  // T=100, B=64, I=H=256 LSTM, 2 Zen 4 cores), rows landing where they belong, no gather.
   template <typename T>
-  at::Tensor times(const at::Tensor& w) const {
+  void add_dx(at::Tensor& dx, const at::Tensor& w, const at::Tensor& w_packed, TilePlan plan) const {
     const int64_t R = D.size(0), K = w.size(0), N = w.size(1);
-    const bool all_rows = R == nT * B;
-    if (R < kTilesMinRows) {
+    if (!w_packed.defined()) {
       const at::Tensor rows = at::mm(D.narrow(1, 0, K), w);
-      if (!natural.defined()) return rows;
-      if (all_rows) return rows.index_select(0, natural);  // a permutation, its own inverse
-      return at::zeros({nT * B, N}, w.options()).index_copy_(0, natural, rows);
+      if (natural.defined()) {
+        dx.index_copy_(0, natural, rows);
+      } else {
+        dx.narrow(0, t0 * B, R).copy_(rows);
+      }
+      return;
     }
-    at::Tensor out = all_rows ? at::empty({nT * B, N}, w.options()) : at::zeros({nT * B, N}, w.options());
     const Kernels<T>& k = kernels<T>();
     RowsGemm<T> g;
-    g.plan = k.bwd_plan(R, N);
-    const at::Tensor packed = pack_bwd(w, g.plan);
-    g.w = packed.data_ptr<T>();
+    plan.row_blocks = (R + plan.rows - 1) / plan.rows;
+    g.plan = plan;
+    g.w = w_packed.data_ptr<T>();
     g.a = D.data_ptr<T>();
     g.lda = D.stride(0);
     g.K = K;
     g.R = R;
-    g.out = out.data_ptr<T>();
+    g.out = dx.data_ptr<T>() + (natural.defined() ? 0 : t0 * B * N);
     g.N = N;
     g.out_rows = natural.defined() ? natural.data_ptr<int64_t>() : nullptr;
     // Threads take whole panels (each keeps its panels in its L2); too few panels for the
     // threads (a narrow w): ranges of rows instead.
-    if (g.plan.panels >= at::get_num_threads()) {
-      at::parallel_for(0, g.plan.panels, 1, [&](int64_t q0, int64_t q1) { k.rows_gemm(g, q0, q1); });
-      return out;
+    if (plan.panels >= at::get_num_threads()) {
+      at::parallel_for(0, plan.panels, 1, [&](int64_t q0, int64_t q1) { k.rows_gemm(g, q0, q1); });
+      return;
     }
-    at::parallel_for(0, R, 8 * g.plan.rows, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, R, 8 * plan.rows, [&](int64_t r0, int64_t r1) {
       RowsGemm<T> part = g;
       part.a += r0 * g.lda;
       part.R = r1 - r0;
-      part.plan.row_blocks = (part.R + g.plan.rows - 1) / g.plan.rows;
+      part.plan.row_blocks = (part.R + plan.rows - 1) / plan.rows;
       if (part.out_rows) {
         part.out_rows += r0;
       } else {
         part.out += r0 * N;
       }
-      k.rows_gemm(part, 0, g.plan.panels);
+      k.rows_gemm(part, 0, plan.panels);
     });
-    return out;
   }
-  // out [M, N] = D's columns [col0, col0 + M)^T b over D's rows [row0, row0 + b's rows).
-  // Through the tiles from kTilesMinRows rows: dW_ih and dW_hh of T=100, B=64, I=H=256
-  // LSTM in 34.6 vs 38.6 ms for MKL's at::mm (2 Zen 4 cores).
+  // out [M, N] (=, or += with accumulate) = D's columns [col0, col0 + M)^T b over D's rows
+  // [row0, row0 + b's rows). Through the tiles from kTilesMinRows rows: dW_ih and dW_hh of
+  // T=100, B=64, I=H=256 LSTM in 34.6 vs 38.6 ms for MKL's at::mm (2 Zen 4 cores).
   template <typename T>
-  void d_t_times(at::Tensor out, int64_t col0, const at::Tensor& b, int64_t row0 = 0,
-                 bool accumulate = false) const {
+  void d_t_times(at::Tensor out, int64_t col0, const at::Tensor& b, int64_t row0,
+                 bool accumulate) const {
     const int64_t K = b.size(0), M = out.size(0);
     const at::Tensor a = D.narrow(0, row0, K).narrow(1, col0, M);
     if (K < kTilesMinRows) {
@@ -582,63 +608,95 @@ struct SumRows {
     const int64_t tiles = (M + k.cols_gemm_rows() - 1) / k.cols_gemm_rows();
     at::parallel_for(0, tiles, 1, [&](int64_t i0, int64_t i1) { k.cols_gemm(g, i0, i1); });
   }
-  // out = D's columns [col0, col0 + out's rows)^T [the state before each row's step]: the
-  // saved states' first T slots, or h0 then y (whose step t is h_{t+1}).
+  // out (=, or +=) D's columns [col0, col0 + out's rows)^T [the state before each row's
+  // step]: the saved states' slots, or h0 then y (whose step t is h_{t+1}).
   template <typename T>
-  void h_product(at::Tensor out, int64_t col0) const {
-    if (h.defined()) return d_t_times<T>(out, col0, h);
-    const int64_t P = hs->h0.size(-1);
-    if (!hs->in_y) return d_t_times<T>(out, col0, hs->saved.narrow(0, 0, nT).view({nT * B, P}));
-    d_t_times<T>(out, col0, hs->h0);
-    if (nT > 1) {
-      d_t_times<T>(out, col0, hs->saved.narrow(0, 0, nT - 1).view({(nT - 1) * B, P}), B, true);
+  void h_product(at::Tensor out, int64_t col0, bool accumulate) const {
+    if (h.defined()) return d_t_times<T>(out, col0, h, 0, accumulate);
+    const int64_t P = hs->h0.size(-1), n = t1 - t0;
+    if (!hs->in_y) {
+      return d_t_times<T>(out, col0, hs->saved.narrow(0, t0, n).view({n * B, P}), 0, accumulate);
+    }
+    if (t0 > 0) {
+      return d_t_times<T>(out, col0, hs->saved.narrow(0, t0 - 1, n).view({n * B, P}), 0, accumulate);
+    }
+    d_t_times<T>(out, col0, hs->h0, 0, accumulate);
+    if (n > 1) {
+      d_t_times<T>(out, col0, hs->saved.narrow(0, 0, n - 1).view({(n - 1) * B, P}), B, true);
     }
   }
 };
 
-
-// Below this fraction of active rows, the sums leave the finished ones out.
-constexpr double kLeaveOutBelow = 0.9;
-
 template <typename T>
-SumRows sum_rows(at::Tensor& da, const at::Tensor& x, const States& hs, int64_t nT, int64_t B,
-                 bool reverse, const int64_t* len) {
-  const int64_t ld = da.size(2), I = x.size(2);
-  const at::Tensor x2 = x.view({nT * B, I});
-  SumRows r{da.view({nT * B, ld}), x2, at::Tensor(), at::Tensor(), &hs, nT, B};
+SumRows sum_rows(const at::Tensor& rows, const at::Tensor& x2, const States& hs, int64_t nT,
+                 int64_t B, bool reverse, const int64_t* len, int64_t t0, int64_t t1) {
+  const int64_t n = t1 - t0, ld = rows.size(1);
+  SumRows r{rows, x2.narrow(0, t0 * B, n * B), at::Tensor(), at::Tensor(), &hs, B, t0, t1};
   int64_t active = 0;
-  for (int64_t b = 0; len && b < B; ++b) active += std::min(len[b], nT);
-  if (!len || active >= kLeaveOutBelow * double(nT * B)) {
-    if (reverse) {
-      r.natural = natural_order_index(nT, B, len);
-      r.x = x2.index_select(0, r.natural);
-    }
-    return r;
-  }
-  TORCH_CHECK(!hs.in_y, "fused_rnn: internal: with lengths the states are saved apart from y");
+  for (int64_t b = 0; len && b < B; ++b) active += std::max<int64_t>(0, std::min(len[b], t1) - t0);
+  const bool leave_out = len && active < kLeaveOutBelow * double(n * B);
+  if (!reverse && !leave_out) return r;
   const auto long_opts = at::TensorOptions().dtype(at::kLong);
-  at::Tensor loop = at::empty({active}, long_opts), natural = at::empty({active}, long_opts);
+  const int64_t R = leave_out ? active : n * B;
+  at::Tensor loop = at::empty({R}, long_opts), natural = at::empty({R}, long_opts);
   int64_t *lp = loop.data_ptr<int64_t>(), *np = natural.data_ptr<int64_t>();
-  T* const d = da.data_ptr<T>();
+  T* const d = rows.data_ptr<T>();
   int64_t k = 0;
-  for (int64_t t = 0; t < nT; ++t) {
+  for (int64_t t = t0; t < t1; ++t) {
     const StepShape s{nT, B, 0, 0, t, reverse, len};
     for (int64_t b = 0; b < B; ++b) {
-      if (!s.active(b)) continue;
+      if (leave_out && !s.active(b)) continue;
+      const int64_t from = (t - t0) * B + b;
       lp[k] = t * B + b;
       np[k] = s.pos(b) * B + b;
       // Ascending, and each row's source at or after it: no unread row is overwritten.
-      if (lp[k] != k) std::memcpy(d + k * ld, d + lp[k] * ld, sizeof(T) * ld);
+      if (from != k) std::memcpy(d + k * ld, d + from * ld, sizeof(T) * ld);
       ++k;
     }
   }
-  r.D = r.D.narrow(0, 0, active);
+  r.D = rows.narrow(0, 0, R);
   r.natural = natural;
   r.x = x2.index_select(0, natural);
-  // Slot t of the saved states, row b: the state before loop step t, at row t * B + b.
-  r.h = hs.saved.view({-1, hs.saved.size(2)}).index_select(0, loop);
+  if (leave_out) {
+    TORCH_CHECK(!hs.in_y, "fused_rnn: internal: with lengths the states are saved apart from y");
+    // Slot t of the saved states, row b: the state before loop step t, at row t * B + b.
+    r.h = hs.saved.view({-1, hs.saved.size(2)}).index_select(0, loop);
+  }
   return r;
 }
+
+// The sums over steps, chunk by chunk as the reverse loop hands them over: dx [T*B, I],
+// dW_ih [G*H, I], dW_hh [G*H, P] (bias gradients: the loop's db_sums).
+template <typename T>
+struct StepSums {
+  int64_t mode, nT, B, H;
+  bool reverse;
+  const int64_t* len;
+  at::Tensor x2, w_ih;
+  const States* hs;
+  bool sum_biases;  // the gate gradients summed over rows too, into db (else the loop does)
+  at::Tensor dx, dw_ih, dw_hh, db, w_packed;
+  TilePlan plan{};
+  bool accumulate = false;
+
+  void operator()(int64_t t0, int64_t t1, const at::Tensor& rows) {
+    const SumRows r = sum_rows<T>(rows, x2, *hs, nT, B, reverse, len, t0, t1);
+    if (r.D.size(0) >= kTilesMinRows && !w_packed.defined()) {
+      plan = kernels<T>().bwd_plan(1, w_ih.size(1));
+      w_packed = pack_bwd(w_ih, plan);
+    }
+    r.add_dx<T>(dx, w_ih, r.D.size(0) >= kTilesMinRows ? w_packed : at::Tensor(), plan);
+    r.d_t_times<T>(dw_ih, 0, r.x, 0, accumulate);
+    if (mode == kGRU) {
+      r.h_product<T>(dw_hh.narrow(0, 0, 2 * H), 0, accumulate);
+      r.h_product<T>(dw_hh.narrow(0, 2 * H, H), 3 * H, accumulate);
+    } else {
+      r.h_product<T>(dw_hh, 0, accumulate);
+    }
+    if (sum_biases) db = accumulate ? db + r.D.sum(0) : r.D.sum(0);
+    accumulate = true;
+  }
+};
 
 template <typename T>
 std::vector<at::Tensor> backward_impl(
@@ -659,40 +717,39 @@ std::vector<at::Tensor> backward_impl(
   const int64_t* len = ptr<int64_t>(lengths);
 
   size_t n = 0;
-  // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place.
-  at::Tensor da = act_count(mode) ? saved[n++] : at::empty({nT, B, H}, opts);
+  // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place; an
+  // RNN (nothing saved but its states) writes them into a buffer of one chunk of steps.
+  const bool ring = !act_count(mode);
+  const int64_t chunk = proj ? std::max<int64_t>(nT, 1) : chunk_steps(nT, B);
+  const at::Tensor da = ring ? at::empty({chunk, B, H}, opts) : saved[n++];
   const States hs(saved[n++], h0, nT);                                 // see States
   const at::Tensor cs = lstm ? saved[n++] : at::Tensor();              // [T+1, B, H]
   const at::Tensor ypre = proj ? saved[n++] : at::Tensor();            // [T, B, H]
+
+  StepSums<T> sums{mode, nT, B, H, reverse, len, x.view({nT * B, I}), w_ih, &hs,
+                    proj && b_ih.defined()};
+  // With lengths a chunk may leave rows of dx out: they stay zero. No step: all zero.
+  sums.dx = len || !nT ? at::zeros({nT * B, I}, opts) : at::empty({nT * B, I}, opts);
+  sums.dw_ih = nT ? at::empty({GH, I}, opts) : at::zeros({GH, I}, opts);
+  sums.dw_hh = nT ? at::empty({GH, P}, opts) : at::zeros({GH, P}, opts);
 
   at::Tensor dhs = proj ? at::empty({nT, B, P}, opts) : at::Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, len};
   at::Tensor dh0, dc0;
   at::Tensor db_sums;  // [ld] the gate gradients summed over steps and rows, or undefined
-  std::tie(dh0, dc0) =
-      backward_loop<T>(mode, shape, w_hh, w_hr, hs, cs, dy, dh_n, dc_n, da, dhs, db_sums);
+  std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, hs, cs, dy, dh_n, dc_n, da,
+                                        ring, chunk, dhs, db_sums, sums);
 
-  // Everything that is a sum over steps: one GEMM (or one reduction) each (see SumRows).
-  const SumRows rows = sum_rows<T>(da, x, hs, nT, B, reverse, len);
-  const at::Tensor D = rows.D;
-  const at::Tensor da_in = D.narrow(1, 0, GH);  // input side
-  at::Tensor dx = rows.times<T>(w_ih);
-  at::Tensor dw_ih = at::empty({GH, I}, opts);
-  rows.d_t_times<T>(dw_ih, 0, rows.x);
-  at::Tensor dw_hh = at::empty({GH, P}, opts), db_hh;
-  const at::Tensor sums = !b_ih.defined() ? at::Tensor() : db_sums.defined() ? db_sums : D.sum(0);
-  at::Tensor db_ih = b_ih.defined() ? sums.narrow(0, 0, GH) : none_like(x);
-  if (gru) {
-    rows.h_product<T>(dw_hh.narrow(0, 0, 2 * H), 0);
-    rows.h_product<T>(dw_hh.narrow(0, 2 * H, H), 3 * H);
-    if (b_hh.defined()) db_hh = at::cat({sums.narrow(0, 0, 2 * H), sums.narrow(0, 3 * H, H)});
-  } else {
-    rows.h_product<T>(dw_hh, 0);
-    if (b_hh.defined()) db_hh = db_ih.clone();
+  at::Tensor db_ih = none_like(x), db_hh = none_like(x);
+  if (b_ih.defined()) {
+    const at::Tensor d_sums = db_sums.defined() ? db_sums
+                              : sums.db.defined() ? sums.db : at::zeros({da.size(2)}, opts);
+    db_ih = d_sums.narrow(0, 0, GH);
+    db_hh = gru ? at::cat({d_sums.narrow(0, 0, 2 * H), d_sums.narrow(0, 3 * H, H)}) : db_ih.clone();
   }
-  if (!b_hh.defined()) db_hh = none_like(x);
   at::Tensor dw_hr = proj ? at::mm(dhs.view({nT * B, P}).t(), ypre.view({nT * B, H})) : none_like(x);
-  return {dx.view({nT, B, I}), dh0, lstm ? dc0 : none_like(x), dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+  return {sums.dx.view({nT, B, I}), dh0, lstm ? dc0 : none_like(x), sums.dw_ih, sums.dw_hh,
+          db_ih, db_hh, dw_hr};
 }
 
 }  // namespace
