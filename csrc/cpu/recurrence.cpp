@@ -433,7 +433,7 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     a.plan = k.bwd_plan(B, H);
     // One step (a decoder's) has no da_h[t+1] W_hh inside the loop: nothing to pack.
     const TilePlan plan = a.plan;
-    const at::Tensor w_packed = nT > 1 ? pack_bwd(w_hh, plan) : at::Tensor();
+    at::Tensor w_packed = nT > 1 ? pack_bwd(w_hh, plan) : at::Tensor();
     a.w = ptr<T>(w_packed);
     const ActivePrefix active(nT, B, shape.lengths);
     // The bias gradients, summed in the tiles' epilogue from L1, one row per thread: a pass
@@ -475,6 +475,7 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       });
       std::swap(dh, dh_next);
       if (t == t0) {
+        if (t == 0) w_packed = at::Tensor();  // the sums' own buffers need not meet it
         hand_over(t0, t1);
         t1 = t0;
         t0 = std::max<int64_t>(0, t0 - chunk);
@@ -518,13 +519,19 @@ constexpr int64_t kTilesMinRows = 256;
 // Below this fraction of a chunk's rows active, its sums leave the finished ones out.
 constexpr double kLeaveOutBelow = 0.9;
 
-// Rows per chunk of the sums over steps: 8 MiB of LSTM gradients at H = 256, in L3 when the
-// sums read them. FUSED_RNN_CPU_SUM_ROWS overrides it (the tests force many chunks).
-int64_t chunk_steps(int64_t T, int64_t B) {
+// Steps per chunk of the sums over steps. An RNN's gradients go to a buffer of one chunk:
+// ~2048 rows (T=100, B=64, H=256: 2 instead of 6.25 MiB; no slower, measured). LSTM and GRU
+// write theirs over the saved activations anyway: one chunk, after the loop's own buffers
+// are gone (chunks kept W_ih's and W_hh's panels and dx alive together: +2.3 MiB at that
+// shape, for no measured gain). FUSED_RNN_CPU_SUM_ROWS sets the rows per chunk (the tests
+// force many chunks).
+int64_t chunk_steps(int64_t T, int64_t B, bool ring) {
   static const char* env = std::getenv("FUSED_RNN_CPU_SUM_ROWS");
+  const int64_t all = std::max<int64_t>(T, 1);
+  if (!ring && !(env && *env)) return all;
   const int64_t rows = env && *env ? std::max<int64_t>(1, std::atoll(env)) : 2048;
   const int64_t per_step = std::max<int64_t>(B, 1);  // an empty batch: any chunk will do
-  return std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(T, 1), (rows + per_step - 1) / per_step));
+  return std::max<int64_t>(1, std::min<int64_t>(all, (rows + per_step - 1) / per_step));
 }
 
 // The rows of one chunk of steps [t0, t1) that its sums run over, row for row: the gate
@@ -587,14 +594,15 @@ struct SumRows {
     });
   }
   // out [M, N] (=, or += with accumulate) = D's columns [col0, col0 + M)^T b over D's rows
-  // [row0, row0 + b's rows). Through the tiles from kTilesMinRows rows: dW_ih and dW_hh of
-  // T=100, B=64, I=H=256 LSTM in 34.6 vs 38.6 ms for MKL's at::mm (2 Zen 4 cores).
+  // [row0, row0 + b's rows), through tiles that read both in place (nothing to pack): dW_ih
+  // and dW_hh of T=100, B=64, I=H=256 LSTM in 34.6 vs 38.6 ms for MKL's at::mm (2 Zen 4
+  // cores); MKL took 1 ms to add h0's 64 rows, 0.3 ms here.
   template <typename T>
   void d_t_times(at::Tensor out, int64_t col0, const at::Tensor& b, int64_t row0,
                  bool accumulate) const {
     const int64_t K = b.size(0), M = out.size(0);
     const at::Tensor a = D.narrow(0, row0, K).narrow(1, col0, M);
-    if (K < kTilesMinRows) {
+    if (K == 0) {  // the tiles would leave out as it is
       if (accumulate) {
         out.addmm_(a.t(), b);
       } else {
@@ -679,7 +687,17 @@ struct StepSums {
   TilePlan plan{};
   bool accumulate = false;
 
+  // At the first chunk, not before: the loop's buffers may be gone by then. With lengths a
+  // chunk may leave rows of dx out: they stay zero (and all of it without a step).
+  void allocate(const at::TensorOptions& opts, int64_t GH, int64_t I, int64_t P, bool steps) {
+    const bool zero = len || !steps;
+    dx = zero ? at::zeros({nT * B, I}, opts) : at::empty({nT * B, I}, opts);
+    dw_ih = steps ? at::empty({GH, I}, opts) : at::zeros({GH, I}, opts);
+    dw_hh = steps ? at::empty({GH, P}, opts) : at::zeros({GH, P}, opts);
+  }
+
   void operator()(int64_t t0, int64_t t1, const at::Tensor& rows) {
+    if (!dx.defined()) allocate(x2.options(), w_ih.size(0), x2.size(1), hs->h0.size(-1), true);
     const SumRows r = sum_rows<T>(rows, x2, *hs, nT, B, reverse, len, t0, t1);
     if (r.D.size(0) >= kTilesMinRows && !w_packed.defined()) {
       plan = kernels<T>().bwd_plan(1, w_ih.size(1));
@@ -720,7 +738,7 @@ std::vector<at::Tensor> backward_impl(
   // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place; an
   // RNN (nothing saved but its states) writes them into a buffer of one chunk of steps.
   const bool ring = !act_count(mode);
-  const int64_t chunk = proj ? std::max<int64_t>(nT, 1) : chunk_steps(nT, B);
+  const int64_t chunk = proj ? std::max<int64_t>(nT, 1) : chunk_steps(nT, B, ring);
   const at::Tensor da = ring ? at::empty({chunk, B, H}, opts) : saved[n++];
   const States hs(saved[n++], h0, nT);                                 // see States
   const at::Tensor cs = lstm ? saved[n++] : at::Tensor();              // [T+1, B, H]
@@ -728,10 +746,6 @@ std::vector<at::Tensor> backward_impl(
 
   StepSums<T> sums{mode, nT, B, H, reverse, len, x.view({nT * B, I}), w_ih, &hs,
                     proj && b_ih.defined()};
-  // With lengths a chunk may leave rows of dx out: they stay zero. No step: all zero.
-  sums.dx = len || !nT ? at::zeros({nT * B, I}, opts) : at::empty({nT * B, I}, opts);
-  sums.dw_ih = nT ? at::empty({GH, I}, opts) : at::zeros({GH, I}, opts);
-  sums.dw_hh = nT ? at::empty({GH, P}, opts) : at::zeros({GH, P}, opts);
 
   at::Tensor dhs = proj ? at::empty({nT, B, P}, opts) : at::Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, len};
@@ -740,6 +754,7 @@ std::vector<at::Tensor> backward_impl(
   std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, hs, cs, dy, dh_n, dc_n, da,
                                         ring, chunk, dhs, db_sums, sums);
 
+  if (!nT) sums.allocate(opts, GH, I, P, false);
   at::Tensor db_ih = none_like(x), db_hh = none_like(x);
   if (b_ih.defined()) {
     const at::Tensor d_sums = db_sums.defined() ? db_sums
