@@ -1,7 +1,9 @@
-"""The cpu backend's sums over steps at sizes the parity grid never reaches: from 256 rows
-(T*B, or the active rows with lengths) dx goes through the step kernels' tiles (threads
-taking panels of dx's columns, or ranges of rows when dx is narrower than a panel per
-thread: I=24 is one panel of 32 float64 units) instead of at::mm. Every gradient against autograd through the reference forward."""
+"""The cpu backend's GEMMs over all steps at sizes the parity grid never reaches: from 256
+rows (T*B, or a chunk's active rows with lengths) dx and, for B <= 16, the forward's input
+projection go through the step kernels' tiles (threads taking panels of the output's
+columns, or ranges of rows when it is narrower than a panel per thread: I=24 is one panel
+of 32 float64 units) instead of at::mm; dW_ih and dW_hh always do. Outputs and every
+gradient against autograd through the reference forward."""
 
 import pytest
 import torch
@@ -38,6 +40,8 @@ def test_every_gradient_matches_reference(mode, reverse, lengths, I):
     outs = [o for o in recurrence_layer(ops, mode, reverse, x, h0, c0, w, lens) if o is not None]
     routs = [o for o in reference._fwd(mode, reverse, x, h0, c0, w, lens, need_saved=False)[:3]
              if o is not None]
+    for n, a, e in zip(("y", "h_n", "c_n"), outs, routs):
+        assert_close(a, e, rtol=1e-10, atol=1e-10, name=n)
     ups = [torch.randn_like(o) for o in outs]
     leaves = [t for t in (x, h0, c0, *w) if t is not None]
     got = torch.autograd.grad(sum((o * u).sum() for o, u in zip(outs, ups)), leaves)
