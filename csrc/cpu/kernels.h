@@ -117,8 +117,8 @@ struct BwdStep {
   T* da;            // [B, ld] in: saved activations (LSTM, GRU); out: gate gradients, zero on inactive rows
   T* dh_prev;       // [B, P] the part of dL/dh that does not go through W_hh
   ActiveRows rows;  // fused: the batch rows the tiles cover
-  T* db;            // fused: [ld] the calling thread's sums of the gate gradients over the
-                    // rows it computes (the bias gradients), or nullptr
+  T* db;            // fused: [row blocks, ld] per row block of the tiles, the sums of its
+                    // rows' gate gradients (the bias gradients), or nullptr
 };
 
 // LSTM projection, forward after h' = (o*tanh(c')) W_hr^T: active rows copy h' to the

@@ -468,7 +468,7 @@ void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
       }
       if (a.db) {  // the gradients just stored, from L1, into the bias sums
         for (int64_t slot = 0; slot < a.ld / H; ++slot) {
-          T* db = a.db + slot * H;
+          T* db = a.db + (i / a.plan.rows) * a.ld + slot * H;
           st(ld(db, j, n) + ld(a.da + b * a.ld + slot * H, j, n), db, j, n);
         }
       }

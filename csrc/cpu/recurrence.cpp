@@ -492,11 +492,13 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     at::Tensor w_packed = nT > 1 ? pack_bwd(w_hh, plan) : at::Tensor();
     a.w = ptr<T>(w_packed);
     const ActivePrefix active(nT, B, shape.lengths);
-    // The bias gradients, summed in the tiles' epilogue from L1, one row per thread: a pass
-    // over the [T*B, 4H] gradients after the loop cost 0.5 ms more at T=100, B=64, H=256
-    // (LSTM; GRU ~1 ms, two sums).
-    const int64_t threads = at::get_num_threads();
-    const at::Tensor db_parts = at::zeros({threads, a.ld}, opts);
+    // The bias gradients, summed in the tiles' epilogue from L1 (a pass over the [T*B, 4H]
+    // gradients after the loop cost 0.5 ms more at T=100, B=64, H=256; GRU ~1 ms, two
+    // sums): one row of sums per row block of the tiles, which one item owns at each step,
+    // so the sums never depend on how items fall to threads (tests/test_determinism.py).
+    const int64_t row_blocks = plan.row_blocks;
+    const at::Tensor db_parts = at::zeros({std::max<int64_t>(row_blocks, 1), a.ld}, opts);
+    a.db = db_parts.data_ptr<T>();
     int64_t t1 = nT, t0 = std::max<int64_t>(0, nT - chunk);  // the chunk of step t
     for (int64_t t = nT - 1; t >= 0; --t) {
       a.s.t = t;
@@ -516,13 +518,8 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       a.dh_prev = dh_next.data_ptr<T>();
       a.rows = active.at(t);
       a.plan = ActivePrefix::plan_for(plan, a.rows);
-      for_items(a.plan.items(), item_flops(a.plan, a.k1 + a.k2), [&](int64_t i0, int64_t i1) {
-        const int64_t thread = at::get_thread_num();
-        TORCH_INTERNAL_ASSERT(thread < threads);
-        BwdStep<T> mine = a;
-        mine.db = db_parts.data_ptr<T>() + thread * a.ld;
-        k.bwd(mode, mine, i0, i1);
-      });
+      for_items(a.plan.items(), item_flops(a.plan, a.k1 + a.k2),
+                [&](int64_t i0, int64_t i1) { k.bwd(mode, a, i0, i1); });
       // Finished rows: no gate gradients (the GEMMs after the loop read them), dh and dc
       // pass through.
       ActivePrefix::for_finished(a.rows, B, [&](int64_t b) {
@@ -538,7 +535,9 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       }
     }
     if (nT > 0) add_hidden_side_product(dh, carry, w_hh, mode, H);
-    db_sums = db_parts.sum(0);
+    // In row-block order, by hand: the same sums whatever the threads.
+    db_sums = db_parts[0].clone();
+    for (int64_t r = 1; r < row_blocks; ++r) db_sums.add_(db_parts[r]);
     return {dh, dc};
   }
 
