@@ -605,21 +605,21 @@ void cols_gemm(const ColsGemm<T>& g, int64_t i0, int64_t i1) {
         for (int64_t i = mb; i < mb1; ++i) {
           const int64_t m0 = i * MR;
           with_rows<MR>(int(std::min<int64_t>(MR, g.M - m0)), [&](auto rows) {
-            constexpr int R = decltype(rows)::value;
+            constexpr int M = decltype(rows)::value;
             T* o = g.out + m0 * g.ldo + n0;
-            Vec<T> acc[R][NV];
+            Vec<T> acc[M][NV];
 #pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
+            for (int r = 0; r < M; ++r) {
 #pragma GCC unroll 8
               for (int v = 0; v < NV; ++v) {
                 const int64_t nv = std::max<int64_t>(0, std::min<int64_t>(V, n - v * V));
                 acc[r][v] = first || !nv ? Vec<T>(T(0)) : ld(o + r * g.ldo, v * V, nv);
               }
             }
-            tile_gemm_tn<T, R, NV>(g.a + k0 * g.lda + m0, g.lda, g.b + k0 * g.ldb + n0, g.ldb,
+            tile_gemm_tn<T, M, NV>(g.a + k0 * g.lda + m0, g.lda, g.b + k0 * g.ldb + n0, g.ldb,
                                    kc, n, acc);
 #pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
+            for (int r = 0; r < M; ++r) {
 #pragma GCC unroll 8
               for (int v = 0; v < NV; ++v) {
                 const int64_t nv = std::max<int64_t>(0, std::min<int64_t>(V, n - v * V));

@@ -2,11 +2,13 @@
 //
 // Forward: per step one fused kernel (kernels.h): x_t W_ih^T + h W_hh^T tile by tile in
 // registers, turned into the new state by the gate math in the tile's epilogue, tiles split
-// over threads. Backward: the reverse loop,
-// per step one fused kernel: dh = pass-through + da_h[t+1] W_hh per tile, then this step's
-// gate gradients in its epilogue; then dx, dW_ih, dW_hh, dW_hr as one GEMM each and the
-// bias gradients as one sum each, over all steps. With an LSTM projection the gate math
-// needs whole rows of dh (through W_hr), so that backward keeps a separate per-step GEMM.
+// over threads. Backward: the reverse loop, per step one fused kernel: dh = pass-through +
+// da_h[t+1] W_hh per tile, then this step's gate gradients (and their sums for the bias
+// gradients) in its epilogue; the sums over steps (dx, dW_ih, dW_hh) on the same register
+// tiles, chunk by chunk as the loop finishes steps (StepSums), dW_hr as one GEMM. With an
+// LSTM projection the gate math needs whole rows of dh (through W_hr), so that backward
+// keeps a separate per-step GEMM. With lengths, a step's tiles cover only the rows still
+// active (ActivePrefix) and the sums leave finished rows out (SumRows).
 #include "recurrence.h"
 
 #include <algorithm>
