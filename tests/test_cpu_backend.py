@@ -53,9 +53,10 @@ def test_both_forward_paths_pass_the_parity_tests(input_gemm):
 @needs_extension
 @pytest.mark.parametrize("rows", ["1", "400"])
 def test_sums_over_steps_in_chunks_pass_the_parity_tests(rows):
-    """The backward hands its gradients to the sums over steps (dx, dW) in chunks of ~2048
-    rows, which the test sizes never fill: one step per chunk, then chunks of 400 rows
-    (several chunks of the tiles' sizes in tests/test_cpu_sums_over_steps.py)."""
+    """The backward hands its gradients to the sums over steps (dx, dW) in chunks (an RNN's
+    of ~512 rows, LSTM's and GRU's all at once), which the test sizes never split: one step
+    per chunk for every cell, then chunks of 400 rows (several chunks of the tiles' sizes in
+    tests/test_cpu_sums_over_steps.py)."""
     _run_parity_tests({"FUSED_RNN_CPU_SUM_ROWS": rows},
                       extra=["tests/test_cpu_sums_over_steps.py"])
 

@@ -573,7 +573,9 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
 constexpr double kLeaveOutBelow = 0.9;
 
 // Steps per chunk of the sums over steps. An RNN's gradients go to a buffer of one chunk:
-// ~2048 rows (T=100, B=64, H=256: 2 instead of 6.25 MiB; no slower, measured). LSTM and GRU
+// ~512 rows, two of the dW tiles' 256-row chunks (T=100, I=H=256 fwd+bwd peak: B=64 14.3
+// MiB, 15.8 with 2048-row chunks, 19.4 with none; B=16 4.7, 5.5 with 2048: torch.nn 19.3 and
+// 5.2; times within the noise, 28.3 vs 29.4 ms and 8.0 vs 8.3 ms). LSTM and GRU
 // write theirs over the saved activations anyway: one chunk, after the loop's own buffers
 // are gone (chunks kept W_ih's and W_hh's panels and dx alive together: +2.3 MiB at that
 // shape, for no measured gain). FUSED_RNN_CPU_SUM_ROWS sets the rows per chunk (the tests
@@ -582,7 +584,7 @@ int64_t chunk_steps(int64_t T, int64_t B, bool ring) {
   static const char* env = std::getenv("FUSED_RNN_CPU_SUM_ROWS");
   const int64_t all = std::max<int64_t>(T, 1);
   if (!ring && !(env && *env)) return all;
-  const int64_t rows = env && *env ? std::max<int64_t>(1, std::atoll(env)) : 2048;
+  const int64_t rows = env && *env ? std::max<int64_t>(1, std::atoll(env)) : 512;
   const int64_t per_step = std::max<int64_t>(B, 1);  // an empty batch: any chunk will do
   return std::max<int64_t>(1, std::min<int64_t>(all, (rows + per_step - 1) / per_step));
 }
