@@ -8,11 +8,11 @@ gradient against autograd through the reference forward."""
 import pytest
 import torch
 
-from fused_rnn import _native, backends
-from fused_rnn.ops.recurrence import reference
+from fused_rnn import _native
 from fused_rnn.ops.recurrence.cells import GATES, GRU, LSTM, RNN_TANH, LayerWeights
-from fused_rnn.ops.recurrence.function import recurrence_layer
-from fused_rnn.testing import assert_close, randn, random_lengths
+from fused_rnn.testing import randn, random_lengths
+
+import test_recurrence_function as per_layer
 
 pytestmark = pytest.mark.skipif(_native.cpu_available() is not None,
                                 reason=f"the cpu backend is not built here: {_native.cpu_available()}")
@@ -36,16 +36,4 @@ def test_every_gradient_matches_reference(mode, reverse, lengths, I):
     mk = lambda *s: randn(*s, dtype=DT, requires_grad=True, scale=0.5)  # noqa: E731
     w = LayerWeights(mk(G * H, I), mk(G * H, H), mk(G * H), mk(G * H), None)
     lens = random_lengths(B, steps) if lengths else None
-    ops = backends.get_backend("cpu").ops("recurrence")
-    outs = [o for o in recurrence_layer(ops, mode, reverse, x, h0, c0, w, lens) if o is not None]
-    routs = [o for o in reference._fwd(mode, reverse, x, h0, c0, w, lens, need_saved=False)[:3]
-             if o is not None]
-    for n, a, e in zip(("y", "h_n", "c_n"), outs, routs):
-        assert_close(a, e, rtol=1e-10, atol=1e-10, name=n)
-    ups = [torch.randn_like(o) for o in outs]
-    leaves = [t for t in (x, h0, c0, *w) if t is not None]
-    got = torch.autograd.grad(sum((o * u).sum() for o, u in zip(outs, ups)), leaves)
-    want = torch.autograd.grad(sum((o * u).sum() for o, u in zip(routs, ups)), leaves)
-    names = ["dx", "dh0"] + (["dc0"] if c0 is not None else []) + ["dw_ih", "dw_hh", "db_ih", "db_hh"]
-    for n, a, e in zip(names, got, want):
-        assert_close(a, e, rtol=1e-10, atol=1e-10, name=n)
+    per_layer.check_against_reference("cpu", mode, reverse, x, h0, c0, w, lens, tol=(1e-10, 1e-10))

@@ -116,7 +116,7 @@ struct BwdStep {
   T* dc;            // [B, H] LSTM: in dL/dc', out dL/dc (in place)
   T* da;            // [B, ld] in: saved activations (LSTM, GRU); out: gate gradients, zero on inactive rows
   T* dh_prev;       // [B, P] the part of dL/dh that does not go through W_hh
-  ActiveRows rows;  // fused: the batch rows the tiles cover
+  ActiveRows rows;  // fused: the batch rows the tiles cover, all active at this step
   T* db;            // fused: [row blocks, ld] per row block of the tiles, the sums of its
                     // rows' gate gradients (the bias gradients), or nullptr
 };

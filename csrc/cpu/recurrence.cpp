@@ -207,6 +207,12 @@ bool use_input_gemm(int64_t B, int64_t T, bool panels_cached) {
 // a step's tiles cover only those (ActiveRows); the driver carries the finished ones. A
 // PackedSequence of mixed lengths thus costs the GEMM work of its real steps, not of T full
 // batches. Without lengths: every row at every step.
+// p covering `rows` batch rows (its row blocks; panels stay).
+TilePlan covering(TilePlan p, int64_t rows) {
+  p.row_blocks = (rows + p.rows - 1) / p.rows;
+  return p;
+}
+
 class ActivePrefix {
  public:
   ActivePrefix(int64_t T, int64_t B, const int64_t* lengths) : B_(B) {
@@ -222,11 +228,6 @@ class ActivePrefix {
   }
   ActiveRows at(int64_t t) const {
     return order_.empty() ? ActiveRows{nullptr, B_} : ActiveRows{order_.data(), count_[t]};
-  }
-  // The plan of a step whose tiles cover `rows`.
-  static TilePlan plan_for(TilePlan p, const ActiveRows& rows) {
-    p.row_blocks = (rows.n + p.rows - 1) / p.rows;
-    return p;
   }
   // f(b) for each row the step's tiles leave out (finished rows).
   template <typename F>
@@ -246,8 +247,7 @@ void tiles_times(const T* a, int64_t lda, int64_t R, int64_t K, const at::Tensor
                  TilePlan plan, T* out, int64_t N, const int64_t* out_rows) {
   const Kernels<T>& k = kernels<T>();
   RowsGemm<T> g;
-  plan.row_blocks = (R + plan.rows - 1) / plan.rows;
-  g.plan = plan;
+  g.plan = covering(plan, R);
   g.w = w_packed.data_ptr<T>();
   g.a = a;
   g.lda = lda;
@@ -266,7 +266,7 @@ void tiles_times(const T* a, int64_t lda, int64_t R, int64_t K, const at::Tensor
     RowsGemm<T> part = g;
     part.a += r0 * lda;
     part.R = r1 - r0;
-    part.plan.row_blocks = (part.R + plan.rows - 1) / plan.rows;
+    part.plan = covering(plan, part.R);
     if (part.out_rows) {
       part.out_rows += r0;
     } else {
@@ -389,7 +389,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     a.acts = acts.defined() ? slot<T>(acts, t) : nullptr;
     a.proj = proj;
     a.rows = active.at(t);
-    a.plan = ActivePrefix::plan_for(plan, a.rows);
+    a.plan = covering(plan, a.rows.n);
     for_items(a.plan.items(), item_flops(a.plan, input_gemm ? P : I + P),
               [&](int64_t i0, int64_t i1) { k.fwd(mode, a, i0, i1); });
     // Finished rows keep their state and emit zeros (natural position t: see StepShape::pos).
@@ -434,14 +434,6 @@ void add_hidden_side_product(at::Tensor& dh, const at::Tensor& da, const at::Ten
   }
 }
 
-// The reverse loop. Writes the gate gradients of every step into da (LSTM and GRU: the saved
-// activations [T, B, 4H], in place; with `ring`, a buffer of `chunk` steps that each chunk
-// reuses), fills dhs [T, B, P] with a projection (dh + dy per step, for dW_hr) and, without
-// one, db_sums [ld] (the gate gradients summed over steps and rows); returns dh0, dc0. Each
-// time steps [t0, t1) are done (`chunk` of them; all at once with a projection),
-// on_chunk(t0, t1, rows) takes their gradients, rows [(t1 - t0) * B, ld], whose order it may
-// change: the sums over steps run there, on rows still in cache, and an RNN keeps `chunk`
-// steps of gradients instead of T.
 // The states h_0..h_T of the forward: a saved [T+1, B, P] buffer, or (forward in time,
 // no lengths, no projection) h0 and the output y [T, B, P], whose step t is h_{t+1}.
 struct States {
@@ -455,6 +447,14 @@ struct States {
   }
 };
 
+// The reverse loop. Writes the gate gradients of every step into da (LSTM and GRU: the saved
+// activations [T, B, 4H], in place; with `ring`, a buffer of `chunk` steps that each chunk
+// reuses), fills dhs [T, B, P] with a projection (dh + dy per step, for dW_hr) and, without
+// one, db_sums [ld] (the gate gradients summed over steps and rows); returns dh0, dc0. Each
+// time steps [t0, t1) are done (`chunk` of them; all at once with a projection),
+// on_chunk(t0, t1, rows) takes their gradients, rows [(t1 - t0) * B, ld], whose order it may
+// change: the sums over steps run there, on rows still in cache, and an RNN keeps `chunk`
+// steps of gradients instead of T.
 template <typename T, typename OnChunk>
 std::pair<at::Tensor, at::Tensor> backward_loop(
     int64_t mode, const StepShape& shape, const at::Tensor& w_hh, const at::Tensor& w_hr,
@@ -519,7 +519,7 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       a.da = slot<T>(da, t - base);
       a.dh_prev = dh_next.data_ptr<T>();
       a.rows = active.at(t);
-      a.plan = ActivePrefix::plan_for(plan, a.rows);
+      a.plan = covering(plan, a.rows.n);
       for_items(a.plan.items(), item_flops(a.plan, a.k1 + a.k2),
                 [&](int64_t i0, int64_t i1) { k.bwd(mode, a, i0, i1); });
       // Finished rows: no gate gradients (the GEMMs after the loop read them), dh and dc
@@ -630,12 +630,8 @@ struct SumRows {
                  bool accumulate) const {
     const int64_t K = b.size(0), M = out.size(0);
     const at::Tensor a = D.narrow(0, row0, K).narrow(1, col0, M);
-    if (K == 0) {  // the tiles would leave out as it is
-      if (accumulate) {
-        out.addmm_(a.t(), b);
-      } else {
-        at::mm_out(out, a.t(), b);
-      }
+    if (K == 0) {  // no rows: the tiles would leave out as it is
+      if (!accumulate) out.zero_();
       return;
     }
     const ColsGemm<T> g{a.data_ptr<T>(), a.stride(0), M, b.data_ptr<T>(), b.stride(0), b.size(1),
