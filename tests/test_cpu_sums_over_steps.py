@@ -1,9 +1,10 @@
 """The cpu backend's GEMMs over all steps at sizes the parity grid never reaches: from 256
-rows (T*B, or a chunk's active rows with lengths) dx and, for B <= 16, the forward's input
-projection go through the step kernels' tiles (threads taking panels of the output's
-columns, or ranges of rows when it is narrower than a panel per thread: I=24 is one panel
-of 32 float64 units) instead of at::mm; dW_ih and dW_hh always do. Outputs and every
-gradient against autograd through the reference forward."""
+rows (T*B, or a chunk's active rows with lengths) dx and the forward's input projection
+(where it is one GEMM: test_cpu_backend.py reruns this file with it forced) go through the
+step kernels' tiles (threads taking panels of the output's columns, or ranges of rows when
+it is narrower than a panel per thread: I=24 is one panel of 32 float64 units) instead of
+at::mm; dW_ih and dW_hh always do. Outputs and every gradient against autograd through the
+reference forward."""
 
 import pytest
 import torch

@@ -190,17 +190,35 @@ at::Tensor pack_bwd(const at::Tensor& w_hh, const TilePlan& p) {
   return w.view({K, p.panels, p.units}).permute({1, 0, 2}).contiguous();
 }
 
-// Small batches reuse each weight for few rows, so streaming W_ih through the cache every
-// step costs more than the gi round trip; measured on 2 Zen 4 cores (T=100, I=H=256): the
-// input GEMM wins at B <= 16, the fused step from B = 48. FUSED_RNN_CPU_INPUT_GEMM=0|1
-// forces either path (tests run both).
+// Whether each step computes x_t W_ih^T itself, its panel [W_ih | W_hh] streaming through
+// the cache once per step, or one GEMM does all steps first (a [T, B, G*H] round trip to
+// memory). The fewer the rows, the less a streamed weight is reused, and the farther it
+// streams from, the more that costs: the input GEMM takes batches below a row count that
+// grows with each thread's share of the weights. Measured on 2 Zen 4 cores (1 MiB L2 each,
+// 32 MiB L3), LSTM forward without grad, alternating runs (fused step vs input GEMM):
+// I=H=256 (1 MiB a thread), T=100: B2 2.10 vs 1.84 ms, B4 2.54 vs 2.84, B16 8.91 vs 9.85;
+// I=H=384, T=50: B4 3.68 vs 3.41; I=H=512 (4 MiB), T=50: B4 6.02 vs 5.72, B8 10.41 vs 10.62,
+// B16 17.5 vs 18.3; I=H=1024 (16 MiB), T=20: B32 73.8 vs 66.1, B64 116 vs 122.
+// FUSED_RNN_CPU_INPUT_GEMM=0|1 forces either path (tests run both).
 // One step inside a weights-unchanged scope (a decoder's step) is the exception: the panels
 // of [W_ih | W_hh] then come packed from the cache, and the fused x W_ih^T beats a GEMM of
 // B rows (B=16, I=512, H=256 LSTM: 168 vs 238 us per call).
-bool use_input_gemm(int64_t B, int64_t T, bool panels_cached) {
+struct InputGemmTier {
+  int64_t max_bytes_per_thread;  // a thread's share of [W_ih | W_hh] up to which ...
+  int64_t max_rows;              // ... batches of at most this many rows take the input GEMM
+};
+constexpr InputGemmTier kInputGemmTiers[] = {{int64_t(1) << 20, 3}, {int64_t(8) << 20, 7}};
+constexpr int64_t kInputGemmMaxRows = 32;  // beyond the tiers
+
+bool use_input_gemm(int64_t B, int64_t T, bool panels_cached, int64_t weight_bytes) {
   static const char* env = std::getenv("FUSED_RNN_CPU_INPUT_GEMM");
   if (env && *env) return env[0] == '1';
-  return B <= 16 && !(T == 1 && panels_cached);
+  if (T == 1 && panels_cached) return false;
+  const int64_t share = weight_bytes / std::max<int64_t>(1, at::get_num_threads());
+  for (const InputGemmTier& tier : kInputGemmTiers) {
+    if (share <= tier.max_bytes_per_thread) return B <= tier.max_rows;
+  }
+  return B <= kInputGemmMaxRows;
 }
 
 // With lengths: the rows longest first, and how many are still active at each step, so that
@@ -281,14 +299,15 @@ void tiles_times(const T* a, int64_t lda, int64_t R, int64_t K, const at::Tensor
 constexpr int64_t kTilesMinRows = 256;
 
 // x [R, K] W^T for W [N, K] (the input projection of all steps), through the tiles from
-// kTilesMinRows rows: the training forward of T=100, B=16, I=H=256 LSTM in 10.17 vs 10.56 ms
-// with MKL's at::mm (median of 40 alternating runs; packing W^T costs part of the gain).
+// kTilesMinRows rows: the training forward of T=100, B=16, I=H=256 LSTM (this GEMM forced) in
+// 10.17 vs 10.56 ms with MKL's at::mm (median of 40 alternating runs). W packs straight into panels of W^T (one
+// pass; a transposed copy first cost T=50 B=8 I=H=512 LSTM ~1.5 of its 13 ms).
 template <typename T>
 at::Tensor times_transposed(const at::Tensor& x, const at::Tensor& w) {
   const int64_t R = x.size(0), N = w.size(0);
   if (R < kTilesMinRows) return at::mm(x, w.t());
   const TilePlan plan = kernels<T>().bwd_plan(1, N);
-  const at::Tensor packed = pack_bwd(w.t().contiguous(), plan);
+  const at::Tensor packed = pack_fwd<T>({w}, 1, plan);  // [panels, K, 1, units]
   at::Tensor out = at::empty({R, N}, x.options());
   tiles_times<T>(x.data_ptr<T>(), x.stride(0), R, x.size(1), packed, plan, out.data_ptr<T>(), N,
                  nullptr);
@@ -351,9 +370,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   at::Tensor y = at::empty({nT, B, P}, opts);
   const Kernels<T>& k = kernels<T>();
   const TilePlan plan = k.fwd_plan(mode, B, H);
-  // Whether each step computes x_t W_ih^T itself (its weights then stream through the cache
-  // once per step) or one GEMM does all steps first (a [T, B, G*H] round trip to memory).
-  const bool input_gemm = use_input_gemm(B, nT, panel_cache().active());
+  const bool input_gemm = use_input_gemm(B, nT, panel_cache().active(),
+                                         (I + P) * GH * int64_t(sizeof(T)));
   const at::Tensor gi = input_gemm ? times_transposed<T>(x.view({nT * B, I}), w_ih) : at::Tensor();
   // Keyed on both weights; the sign of G tells the two layouts (W_hh alone with the input
   // GEMM, [W_ih | W_hh] without) apart.
