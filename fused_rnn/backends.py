@@ -268,6 +268,13 @@ def _cpu_availability() -> Optional[str]:
     return cpu_available()
 
 
+def _cpu_refusals(call: OpCall) -> list:
+    """Half dtypes run as fp32 math for the plain recurrence only (ops/recurrence/native.py)."""
+    if call.dtype in (torch.float16, torch.bfloat16) and call.op != "recurrence":
+        return [f"its {call.op} ops take float32 and float64 (half dtypes: the recurrence only)"]
+    return []
+
+
 register_backend(
     Backend(
         name="cpu",
@@ -276,12 +283,10 @@ register_backend(
                  "attention": "fused_rnn.ops.attention.native",
                  "variants": "fused_rnn.ops.variants.native"},
         device_types=frozenset({"cpu"}),
-        dtypes=frozenset({torch.float32, torch.float64}),
-        tolerances={
-            torch.float64: (1e-7, 1e-9),
-            torch.float32: (1e-4, 1e-5),
-        },
+        dtypes=_FLOATS,
+        tolerances=_TOLERANCES,
         availability=_cpu_availability,
+        extra_reasons=_cpu_refusals,
         build_hint="Build the extension with `pip install --no-build-isolation -e .` "
                    "in the fused_rnn checkout.",
     )

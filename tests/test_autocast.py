@@ -13,9 +13,16 @@ from fused_rnn import testing
 from fused_rnn.testing import randn
 
 I, H, T, B = 16, 24, 5, 3
-BF16_BACKENDS = [b for b in testing.testable_backends()
-                 if not backends.get_backend(b).not_supported_reasons(
-                     backends.OpCall("recurrence", torch.device("cpu"), torch.bfloat16))]
+
+
+def _bf16_backends(op):
+    return [b for b in testing.testable_backends()
+            if not backends.get_backend(b).not_supported_reasons(
+                backends.OpCall(op, torch.device("cpu"), torch.bfloat16))]
+
+
+BF16_BACKENDS = _bf16_backends("recurrence")
+ATTENTION_BF16_BACKENDS = _bf16_backends("attention")
 MODULES = {
     "lstm": (torch.nn.LSTM, fused_rnn.LSTM, dict(num_layers=2, bidirectional=True)),
     "gru": (torch.nn.GRU, fused_rnn.GRU, dict(num_layers=2)),
@@ -72,7 +79,7 @@ def test_autocast_bf16_matches_torch_nn(backend_name, name):
 
 
 @pytest.mark.parametrize("score", ["additive", "general"])
-@pytest.mark.parametrize("backend_name", BF16_BACKENDS)
+@pytest.mark.parametrize("backend_name", ATTENTION_BF16_BACKENDS)
 def test_autocast_attention_computes_in_bf16_close_to_fp32(backend_name, score):
     module = (fused_rnn.AdditiveAttention(8, 10, 12) if score == "additive"
               else fused_rnn.LuongAttention(8, 10, score="general"))

@@ -6,6 +6,9 @@ time-major); the time loops, the fused gate passes and the GEMMs run in C++
 LSTM ``(acts [T, B, 4H], hs [T+1, B, P], cs [T+1, B, H][, y_pre [T, B, H]])``,
 GRU ``(acts [T, B, 4H], hs [T+1, B, H])``, RNN ``(hs [T+1, B, H],)``; forward in time
 without lengths or projection, ``hs`` is the output y itself (the states h_1..h_T).
+
+bf16 and fp16 (the cpu ops themselves take fp32 and fp64): stored in their dtype, computed in
+fp32 as the reference does, ``saved`` rounded to the half dtype as the reference keeps it.
 """
 
 from __future__ import annotations
@@ -61,7 +64,42 @@ def extension_launchers(forward: str, backward: str):
     return _fwd, _bwd
 
 
-_fwd, _bwd = extension_launchers("recurrence_forward", "recurrence_backward")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _fp32(*tensors):
+    return tuple(None if t is None else t.float() for t in tensors)
+
+
+def _narrowed(dtype, *tensors):
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def widening_half(_fwd, _bwd):
+    """``(_fwd, _bwd)`` that run half inputs through the fp32 launchers given: inputs widened,
+    outputs, gradients and ``saved`` rounded back (``saved`` the output y where it is y)."""
+
+    def fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
+        if x.dtype not in _HALF:
+            return _fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
+        y, h_n, c_n, saved = _fwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
+                                  lengths, need_saved)
+        y_half, h_half, c_half = _narrowed(x.dtype, y, h_n, c_n)
+        saved_half = tuple(y_half if s.data_ptr() == y.data_ptr() and s.shape == y.shape
+                           else s.to(x.dtype) for s in saved)
+        return y_half, h_half, c_half, saved_half
+
+    def bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc_n):
+        if x.dtype not in _HALF:
+            return _bwd(mode, reverse, x, h0, c0, w, lengths, saved, dy, dh_n, dc_n)
+        dx, dh0, dc0, grads = _bwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
+                                   lengths, list(_fp32(*saved)), *_fp32(dy, dh_n, dc_n))
+        return (*_narrowed(x.dtype, dx, dh0, dc0), LayerWeights(*_narrowed(x.dtype, *grads)))
+
+    return fwd, bwd
+
+
+_fwd, _bwd = widening_half(*extension_launchers("recurrence_forward", "recurrence_backward"))
 
 
 def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
