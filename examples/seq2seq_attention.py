@@ -4,7 +4,7 @@ saves a heatmap of the attention weights of a few examples.
 
     python examples/seq2seq_attention.py                  # fused_rnn modules
     python examples/seq2seq_attention.py --impl torch     # the same model on torch.nn
-    python examples/seq2seq_attention.py --steps 300 --heatmap attention.png
+    python examples/seq2seq_attention.py --steps 400 --heatmap attention.png
 
 The encoder (a bidirectional GRU) reads the source and gives states h_j; the decoder
 (a GRU cell with input feeding) keeps a state s, scores every h_j with
@@ -160,7 +160,9 @@ def save_heatmap(path, model, gen, args) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--impl", choices=("fused", "torch"), default="fused")
-    p.add_argument("--steps", type=int, default=300)
+    # 300 steps left seed 0 at 0.936-0.975 whole-sequence accuracy, depending on the last
+    # bits of a GEMM's rounding (torch.nn: 0.963); 400 reach 0.96-1.0 on seeds 0-3 either way.
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--min-len", type=int, default=3)
     p.add_argument("--max-len", type=int, default=10)

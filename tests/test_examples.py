@@ -32,7 +32,7 @@ def test_default_run_reaches_95_percent_within_3_minutes(tmp_path):
     m = re.search(r"trained (\d+) steps in ([\d.]+) s .*accuracy: ([\d.]+)", r.stdout)
     assert m, r.stdout
     steps, seconds, accuracy = int(m[1]), float(m[2]), float(m[3])
-    assert steps == 300 and accuracy >= 0.95 and seconds < 180, r.stdout
+    assert steps == 400 and accuracy >= 0.95 and seconds < 180, r.stdout
     if "matplotlib is not installed" not in r.stdout:
         assert (tmp_path / "attention.png").stat().st_size > 0
 

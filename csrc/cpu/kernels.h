@@ -76,6 +76,8 @@ struct FwdStep {
   int64_t I;        // input size
   const T* gi;      // [T, B, G*H] x W_ih^T of all steps, natural time order, or nullptr: the
                     // step then computes x_t W_ih^T itself
+  const T* gh = nullptr;  // [B, G*H] h_prev W_hh^T, or nullptr: the step computes it itself (with
+                    // gh, gi is given too and the tiles run no GEMM, only the gate math)
   const T* bias;    // [G*H] b_ih + b_hh (GRU: b_ih + [b_hr, b_hz, 0]), or nullptr
   const T* b_hn;    // [H] GRU's b_hn (stays inside the reset product), or nullptr
   const T* h_prev;  // [B, P] state before the step

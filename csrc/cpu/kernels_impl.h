@@ -324,9 +324,10 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
   constexpr int64_t V = Vec<T>::size();
   const auto& s = a.s;
   const int64_t G = gate_count(MODE), H = s.H;
-  // Without gi the panel is [W_ih | W_hh] and x_t is the first segment; with gi, W_hh only.
+  // Without gi the panel is [W_ih | W_hh] and x_t is the first segment; with gi, W_hh only;
+  // with gh too, no panel (K = 0).
   const bool x_seg = a.gi == nullptr;
-  const int64_t seg_k[2] = {x_seg ? a.I : s.P, s.P};
+  const int64_t seg_k[2] = {x_seg ? a.I : a.gh ? 0 : s.P, s.P};
   const auto row = [&](int seg, int64_t i) {
     const int64_t b = a.rows[i];
     return x_seg && seg == 0 ? a.x + (s.pos(b) * s.B + b) * a.I : a.h_prev + b * s.P;
@@ -347,21 +348,26 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
     // LSTM/GRU: one vector of units, acc[gate]; RNN: NV vectors of units.
     constexpr int uv = MODE == kLSTM || MODE == kGRU ? 1 : NV;
     const T* gi = x_seg ? nullptr : a.gi + (s.pos(b) * s.B + b) * G * H;  // [G*H]
+    const T* gh = a.gh ? a.gh + b * G * H : nullptr;                       // [G*H]
     for (int u = 0; u < uv; ++u) {
       const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, H - j);
       if (n <= 0) break;
       if (!s.active(b)) {
         carry_units(a, b, j, n, MODE == kLSTM);
       } else if constexpr (MODE == kLSTM) {
-        const Vec<T> pre[4] = {plus(acc[0], gi, j, n), plus(acc[1], gi, H + j, n),
-                               plus(acc[2], gi, 2 * H + j, n), plus(acc[3], gi, 3 * H + j, n)};
+        const Vec<T> pre[4] = {plus(plus(acc[0], gi, j, n), gh, j, n),
+                               plus(plus(acc[1], gi, H + j, n), gh, H + j, n),
+                               plus(plus(acc[2], gi, 2 * H + j, n), gh, 2 * H + j, n),
+                               plus(plus(acc[3], gi, 3 * H + j, n), gh, 3 * H + j, n)};
         lstm_fwd_units(a, b, j, n, pre);
       } else if constexpr (MODE == kGRU) {
         // hn (acc[2]) takes no gi: the input part of n sits outside the reset product.
-        const Vec<T> pre[3] = {plus(acc[0], gi, j, n), plus(acc[1], gi, H + j, n), acc[2]};
+        const Vec<T> pre[3] = {plus(plus(acc[0], gi, j, n), gh, j, n),
+                               plus(plus(acc[1], gi, H + j, n), gh, H + j, n),
+                               plus(acc[2], gh, 2 * H + j, n)};
         gru_fwd_units(a, b, j, n, pre, gi ? ld(gi, 2 * H + j, n) : nx[g][r]);
       } else {
-        rnn_fwd_units(a, b, j, n, plus(acc[u], gi, j, n), MODE == kRNN_RELU);
+        rnn_fwd_units(a, b, j, n, plus(plus(acc[u], gi, j, n), gh, j, n), MODE == kRNN_RELU);
       }
     }
   };

@@ -370,14 +370,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   at::Tensor y = at::empty({nT, B, P}, opts);
   const Kernels<T>& k = kernels<T>();
   const TilePlan plan = k.fwd_plan(mode, B, H);
-  const bool input_gemm = use_input_gemm(B, nT, panel_cache().active(),
-                                         (I + P) * GH * int64_t(sizeof(T)));
+  // One step outside a weights-unchanged scope (a cell called once per token): both GEMMs on
+  // the weights as they lie (MKL), the tiles only for the gate math. Packing panels for one
+  // step cost more than the step: LSTMCell B=1 I=H=512 1819 us per call vs torch.nn's 309.
+  const bool one_step = nT == 1 && !panel_cache().active();
+  const bool input_gemm = one_step || use_input_gemm(B, nT, panel_cache().active(),
+                                                     (I + P) * GH * int64_t(sizeof(T)));
   const at::Tensor gi = input_gemm ? times_transposed<T>(x.view({nT * B, I}), w_ih) : at::Tensor();
+  const at::Tensor gh = one_step ? at::mm(h0c, w_hh.t()) : at::Tensor();
   // Keyed on both weights; the sign of G tells the two layouts (W_hh alone with the input
   // GEMM, [W_ih | W_hh] without) apart.
-  const at::Tensor w_packed = panel_cache().get(w_ih, w_hh, input_gemm ? -G : G, plan, [&] {
-    return input_gemm ? pack_fwd<T>({w_hh}, G, plan) : pack_fwd<T>({w_ih, w_hh}, G, plan);
-  });
+  const at::Tensor w_packed =
+      one_step ? at::Tensor() : panel_cache().get(w_ih, w_hh, input_gemm ? -G : G, plan, [&] {
+        return input_gemm ? pack_fwd<T>({w_hh}, G, plan) : pack_fwd<T>({w_ih, w_hh}, G, plan);
+      });
   const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
   // With a projection every row goes through the tiles (which zero the finished rows' h_new
   // for the W_hr GEMM) and proj_fwd_post carries them.
@@ -393,10 +399,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     FwdStep<T> a;
     a.s = StepShape{nT, B, H, P, t, reverse, len};
     a.plan = plan;
-    a.w = w_packed.data_ptr<T>();
+    a.w = ptr<T>(w_packed);
     a.x = x.data_ptr<T>();
     a.I = I;
     a.gi = ptr<T>(gi);
+    a.gh = ptr<T>(gh);
     a.bias = ptr<T>(bias);
     a.b_hn = ptr<T>(b_hn);
     a.h_prev = h_prev;
@@ -408,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     a.proj = proj;
     a.rows = active.at(t);
     a.plan = covering(plan, a.rows.n);
-    for_items(a.plan.items(), item_flops(a.plan, input_gemm ? P : I + P),
+    for_items(a.plan.items(), item_flops(a.plan, one_step ? 0 : input_gemm ? P : I + P),
               [&](int64_t i0, int64_t i1) { k.fwd(mode, a, i0, i1); });
     // Finished rows keep their state and emit zeros (natural position t: see StepShape::pos).
     ActivePrefix::for_finished(a.rows, B, [&](int64_t b) {
