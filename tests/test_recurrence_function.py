@@ -76,6 +76,25 @@ def check_against_reference(backend, mode, reverse, x, h0, c0, w, lens, tol=None
         assert_close(a, e, rtol=rtol, atol=atol, name=n)
 
 
+@pytest.mark.parametrize("mode,reverse,lengths,proj,bias", CASES)
+def test_one_step_matches_reference(backend, mode, reverse, lengths, proj, bias):
+    """T = 1, a cell's call: the cpu backend then runs both GEMMs on the weights as they lie
+    and its tiles for the gate math only; a row of length 0 keeps its state. With and
+    without gradients (the forward without saving takes its own buffers)."""
+    x, h0, c0, w, _ = make_args(mode, False, proj, bias)
+    x = x[:1].detach().requires_grad_(True)
+    lens = torch.tensor([1, 0, 1]) if lengths else None
+    check_against_reference(backend, mode, reverse, x, h0, c0, w, lens)
+    ops = backends.get_backend(backend).ops("recurrence")
+    rtol, atol = tolerance(backend, x.dtype)
+    with torch.no_grad():
+        got = recurrence_layer(ops, mode, reverse, x, h0, c0, w, lens)
+        want = reference._fwd(mode, reverse, x, h0, c0, w, lens, need_saved=False)[:3]
+    for n, a, e in zip(("y", "h_n", "c_n"), got, want):
+        if e is not None:
+            assert_close(a, e, rtol=rtol, atol=atol, name=n)
+
+
 def test_gradient_of_only_the_final_state(backend):
     """Unused outputs reach backward as None (grads are not materialised)."""
     x, h0, c0, w, lens = make_args(LSTM, True, 0, True)
