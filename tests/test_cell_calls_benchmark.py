@@ -1,0 +1,21 @@
+"""benchmarks/cell_calls.py: one row per cell, size and mode, with positive times; the
+command-line table prints them."""
+
+import pytest
+
+from benchmarks import cell_calls
+
+
+def test_rows_time_every_cell_size_and_mode():
+    rows = cell_calls.rows(sizes=[(2, 8), (3, 16)], repeats=2, steps=2)
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        (c, B, H, m) for c in cell_calls.CELLS for B, H in [(2, 8), (3, 16)]
+        for m in ("call", "2 calls+bwd")]
+    assert all(r[4] > 0 and r[5] > 0 for r in rows)
+
+
+def test_command_prints_the_table(capsys):
+    cell_calls.main(["--cells", "GRUCell", "--sizes", "2x8", "--repeats", "2", "--steps", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split("|")[0].strip() == "cell"
+    assert [l.split("|")[3].strip() for l in lines[2:]] == ["call", "2 calls+bwd"]
