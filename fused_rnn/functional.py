@@ -50,13 +50,13 @@ def _layer_runner(mode: str, x: torch.Tensor, w: LayerWeights):
 
 
 def _check_weights(layers, x: torch.Tensor, mode: str) -> None:
-    dtype, device = x.dtype, x.device
+    dtype, device = x.dtype, x.device  # x is floating point: so is a weight of its dtype
     for li, dirs in enumerate(layers):
         for d, w in enumerate(dirs):
             for field, t in zip(LayerWeights._fields, w):
                 # The message (and its name) only on a mismatch: a decoder checks per step.
-                if t is not None and not (isinstance(t, torch.Tensor) and t.dtype == dtype
-                                          and t.device == device and t.is_floating_point()):
+                if t is not None and not (isinstance(t, torch.Tensor) and t.dtype is dtype
+                                          and t.device == device):
                     name = f"weights[layer {li}{', reverse' if d else ''}].{field}"
                     check_float_tensor(name, t)
                     check_like(name, t, "input", x)
