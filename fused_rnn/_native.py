@@ -45,6 +45,16 @@ def cpu_capability() -> Optional[str]:
     return torch.ops.fused_rnn.cpu_capability()
 
 
+def cpu_bf16_pairs() -> bool:
+    """Whether the cpu backend's bf16 forward multiplies bf16 pairs (AVX512-BF16, and not
+    ``FUSED_RNN_CPU_BF16=0``); else it widens bf16 to fp32 first."""
+    if load_error() is not None:
+        return False
+    import torch
+
+    return bool(torch.ops.fused_rnn.cpu_bf16_pairs())
+
+
 @functools.lru_cache(maxsize=None)
 def cuda_available() -> Optional[str]:
     """Availability of the ``cuda`` backend (the stepwise recurrence's CUDA kernels):

@@ -21,14 +21,17 @@ void check_like_x(const char* name, const Tensor& t, const Tensor& x, at::IntArr
   check_like(name, t, "x", x, want);
 }
 
-// check_recurrence_args, on the CPU, in float32 or float64.
+// check_recurrence_args, on the CPU, in float32 or float64 (the forward: or bfloat16).
 RecurrenceSizes check_common(int64_t mode, const Tensor& x, const Tensor& h0,
                              const optional<Tensor>& c0, const optional<Tensor>& lengths,
                              const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
-                             const optional<Tensor>& b_hh, const optional<Tensor>& w_hr) {
+                             const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
+                             bool bf16 = false) {
   TORCH_CHECK(x.device().is_cpu(), "fused_rnn: x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "fused_rnn: x must be float32 or float64 on the cpu backend, got ", x.scalar_type());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble ||
+                  (bf16 && x.scalar_type() == at::kBFloat16),
+              "fused_rnn: x must be float32 or float64", bf16 ? " (or bfloat16)" : "",
+              " on the cpu backend, got ", x.scalar_type());
   return check_recurrence_args(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
 }
 
@@ -37,7 +40,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_forward(
     const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
     bool need_saved) {
-  check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, /*bf16=*/true);
   return cpu::recurrence_forward(mode, reverse, x, h0, get(c0), get(lengths), w_ih.contiguous(),
                                  w_hh.contiguous(), get(b_ih), get(b_hh),
                                  w_hr.has_value() && w_hr->defined() ? w_hr->contiguous() : Tensor(),
@@ -76,6 +79,7 @@ std::vector<Tensor> recurrence_backward(
 }
 
 std::string capability() { return cpu::kernel_capability(); }
+bool bf16_pairs() { return cpu::bf16_pairs_fwd() != nullptr; }
 
 }  // namespace
 }  // namespace fused_rnn
@@ -84,6 +88,7 @@ TORCH_LIBRARY(fused_rnn, m) {
   m.def((std::string("recurrence_forward") + fused_rnn::schema::kRecurrenceForward).c_str());
   m.def((std::string("recurrence_backward") + fused_rnn::schema::kRecurrenceBackward).c_str());
   m.def("cpu_capability() -> str", &fused_rnn::capability);
+  m.def("cpu_bf16_pairs() -> bool", &fused_rnn::bf16_pairs);
   m.def("panel_cache_scope(bool enter) -> ()", &fused_rnn::cpu::panel_cache_scope);
 }
 

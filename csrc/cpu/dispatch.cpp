@@ -47,6 +47,18 @@ Cap cap() {
 
 }  // namespace
 
+FwdPairsFn bf16_pairs_fwd() {
+  static const FwdPairsFn f = [] {
+    const char* env = std::getenv("FUSED_RNN_CPU_BF16");
+    if (cap() != Cap::kAvx512 || (env && env[0] == '0')) return FwdPairsFn(nullptr);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512bf16")) return &cap_avx512bf16::fwd_pairs;
+#endif
+    return FwdPairsFn(nullptr);
+  }();
+  return f;
+}
+
 const char* kernel_capability() {
   switch (cap()) {
     case Cap::kAvx512: return "avx512";

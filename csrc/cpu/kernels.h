@@ -88,6 +88,13 @@ struct FwdStep {
   T* acts;          // [B, A] saved activations of this step (A = act_count), or nullptr
   bool proj;        // LSTM with projection: h_new receives o*tanh(c'), zero on inactive rows
   ActiveRows rows;  // the batch rows the tiles cover
+  // bf16 pair GEMM (bf16_pairs_fwd(), CPUs with AVX512-BF16; float only): the GEMM's left
+  // operands are x as bf16 [T, B, I] and the state before the step as bf16 [B, P], read as
+  // pairs of consecutive k; w packed in pairs (recurrence.cpp's pack_pairs); the step also
+  // writes the new state rounded to bf16, the next step's operand. No gi, gh or projection.
+  const uint16_t* xb = nullptr;
+  const uint16_t* hb_prev = nullptr;
+  uint16_t* hb_new = nullptr;
 };
 
 // Backward step. Fused (no projection): dL/dh of the state after the step is
@@ -203,6 +210,14 @@ namespace cap_avx512 {
 const Kernels<float>& kernels_f32();
 const Kernels<double>& kernels_f64();
 }  // namespace cap_avx512
+
+// The forward step with the bf16 pair GEMM (FwdStep's xb, hb_prev, hb_new), or nullptr where
+// the CPU has no AVX512-BF16 (or FUSED_RNN_CPU_BF16=0, or a capability below avx512).
+using FwdPairsFn = void (*)(int64_t mode, const FwdStep<float>&, int64_t i0, int64_t i1);
+FwdPairsFn bf16_pairs_fwd();
+namespace cap_avx512bf16 {
+void fwd_pairs(int64_t mode, const FwdStep<float>& a, int64_t i0, int64_t i1);
+}  // namespace cap_avx512bf16
 
 // The best table this CPU runs (FUSED_RNN_CPU_CAPABILITY=default|avx2|avx512 caps it).
 template <typename T>

@@ -142,6 +142,47 @@ inline void tile_gemm(const T* const (&a)[MR], int64_t K, const T* w, Vec<T> (&a
   }
 }
 
+// tile_gemm over bf16 pairs: a[r] and w hold pairs of consecutive k as 32-bit elements
+// (a[r][k2] = bf16 (a[2 k2], a[2 k2 + 1]); w [K2, NV vectors of 16 unit pairs]); one dpbf16
+// per pair adds both products to the fp32 accumulator. Compiled only where the including
+// file enables AVX512-BF16 (FUSED_RNN_BF16_PAIRS); called only there.
+template <int MR, int NV>
+inline void tile_gemm_pairs(const float* const (&a)[MR], int64_t K2, const float* w,
+                            Vec<float> (&acc)[MR][NV]) {
+#ifdef FUSED_RNN_BF16_PAIRS
+  for (int64_t k = 0; k < K2; ++k) {
+    const float* wk = w + k * NV * 16;
+    __m512bh wv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) wv[v] = (__m512bh)_mm512_loadu_ps(wk + v * 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      float pair;  // two bf16, moved as 32 bits (a float move keeps every bit)
+      std::memcpy(&pair, a[r] + k, sizeof(pair));
+      const __m512bh ar = (__m512bh)_mm512_set1_ps(pair);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, wv[v]);
+    }
+  }
+#else
+  (void)a, (void)K2, (void)w, (void)acc;
+#endif
+}
+
+// v's first n (<= 16) lanes rounded to bf16 at p.
+inline void store_bf16(const Vec<float>& v, uint16_t* p, int64_t n) {
+#ifdef FUSED_RNN_BF16_PAIRS
+  const __m256i b = (__m256i)_mm512_cvtneps_pbh(v);
+  if (n == 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), b);
+  } else {
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), b);
+  }
+#else
+  (void)v, (void)p, (void)n;
+#endif
+}
+
 template <int M>
 using Rows = std::integral_constant<int, M>;
 
@@ -171,7 +212,8 @@ constexpr int64_t kChunkBytes = 65536;
 // 0..B-1, which the caller maps to its batch rows, see ActiveRows) is row(s, i)
 // ([>= seg_k[s]]). after(s, g, m, acc) runs once a segment is done for row block g
 // (m rows, acc [m][NV] in buf); epi(q, i, g, r, acc_row) once per row at the end.
-template <typename T, int NV, int MR, typename Row, typename After, typename Epi>
+template <typename T, int NV, int MR, bool PAIRS = false, typename Row, typename After,
+          typename Epi>
 inline void panel_tiles(const TilePlan& plan, int64_t B, int64_t i0, int64_t i1, const T* w,
                         int nseg, const int64_t* seg_k, const Row& row, const After& after,
                         const Epi& epi) {
@@ -201,7 +243,11 @@ inline void panel_tiles(const TilePlan& plan, int64_t B, int64_t i0, int64_t i1,
 #pragma GCC unroll 8
               for (int v = 0; v < NV; ++v) acc[r][v] = buf[g][r][v];
             }
-            tile_gemm<T, M, NV>(ar, kc, wq + (k_base + k0) * NV * V, acc);
+            if constexpr (PAIRS) {
+              tile_gemm_pairs<M, NV>(ar, kc, wq + (k_base + k0) * NV * V, acc);
+            } else {
+              tile_gemm<T, M, NV>(ar, kc, wq + (k_base + k0) * NV * V, acc);
+            }
 #pragma GCC unroll 8
             for (int r = 0; r < M; ++r) {
 #pragma GCC unroll 8
@@ -284,6 +330,9 @@ inline void lstm_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n,
   const Vec<T> h = o * tanh_(cn);
   st(cn, a.c_new + b * H, j, n);
   st(h, a.h_new + b * H, j, n);
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.hb_new) store_bf16(h, a.hb_new + b * H + j, n);
+  }
   if (a.y) st(h, a.y + (s.pos(b) * s.B + b) * H, j, n);  // P == H without a projection
   if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, i, f, g, o);
 }
@@ -301,6 +350,9 @@ inline void gru_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, 
   const Vec<T> nn = tanh_(plus(nx, bias, 2 * H + j, n) + r * hn);
   const Vec<T> hv = nn + z * (ld(a.h_prev + b * H, j, n) - nn);
   st(hv, a.h_new + b * H, j, n);
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.hb_new) store_bf16(hv, a.hb_new + b * H + j, n);
+  }
   if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
   if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, r, z, nn, hn);
 }
@@ -313,12 +365,15 @@ inline void rnn_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, 
   const Vec<T> x = plus(pre, a.bias, j, n);
   const Vec<T> hv = relu ? at::vec::clamp_min(x, Vec<T>(T(0))) : tanh_(x);
   st(hv, a.h_new + b * H, j, n);
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.hb_new) store_bf16(hv, a.hb_new + b * H + j, n);
+  }
   if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
 }
 
 // One step: per tile, x_t W_ih^T and h W_hh^T of the panel's units (both GEMMs of the step
 // in one pass over the packed [W_ih | W_hh] panel), then the gate math.
-template <typename T, int64_t MODE>
+template <typename T, int64_t MODE, bool PAIRS = false>
 void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
   constexpr int NV = kFwdVecs[MODE];
   constexpr int64_t V = Vec<T>::size();
@@ -326,10 +381,15 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
   const int64_t G = gate_count(MODE), H = s.H;
   // Without gi the panel is [W_ih | W_hh] and x_t is the first segment; with gi, W_hh only;
   // with gh too, no panel (K = 0).
+  // With PAIRS, both segments in pairs of k (the left operands are bf16, read as 32 bits).
   const bool x_seg = a.gi == nullptr;
-  const int64_t seg_k[2] = {x_seg ? a.I : a.gh ? 0 : s.P, s.P};
-  const auto row = [&](int seg, int64_t i) {
+  const int64_t seg_k[2] = {PAIRS ? a.I / 2 : x_seg ? a.I : a.gh ? 0 : s.P, PAIRS ? s.P / 2 : s.P};
+  const auto row = [&](int seg, int64_t i) -> const T* {
     const int64_t b = a.rows[i];
+    if constexpr (PAIRS) {
+      return reinterpret_cast<const T*>(seg == 0 ? a.xb + (s.pos(b) * s.B + b) * a.I
+                                                 : a.hb_prev + b * s.P);
+    }
     return x_seg && seg == 0 ? a.x + (s.pos(b) * s.B + b) * a.I : a.h_prev + b * s.P;
   };
   Vec<T> nx[kGroupBlocks][kTileRows];  // GRU: W_in x, which the reset gate does not scale
@@ -371,7 +431,8 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
       }
     }
   };
-  panel_tiles<T, NV, kTileRows>(a.plan, a.rows.n, i0, i1, a.w, x_seg ? 2 : 1, seg_k, row, after, epi);
+  panel_tiles<T, NV, kTileRows, PAIRS>(a.plan, a.rows.n, i0, i1, a.w, x_seg ? 2 : 1, seg_k, row,
+                                       after, epi);
 }
 
 template <typename T>
@@ -634,6 +695,17 @@ void cols_gemm(const ColsGemm<T>& g, int64_t i0, int64_t i1) {
   }
 }
 
+#ifdef FUSED_RNN_BF16_PAIRS
+// This file's one entry (cap_avx512bf16.cpp): the forward step over bf16 pairs.
+void fwd_pairs(int64_t mode, const FwdStep<float>& a, int64_t i0, int64_t i1) {
+  switch (mode) {
+    case kLSTM: return fwd_tiles<float, kLSTM, true>(a, i0, i1);
+    case kGRU: return fwd_tiles<float, kGRU, true>(a, i0, i1);
+    case kRNN_TANH: return fwd_tiles<float, kRNN_TANH, true>(a, i0, i1);
+    default: return fwd_tiles<float, kRNN_RELU, true>(a, i0, i1);
+  }
+}
+#else
 template <typename T>
 const Kernels<T>& table() {
   static const Kernels<T> k{&fwd_plan<T>,      &bwd_plan<T>,      &fwd<T>,
@@ -645,6 +717,7 @@ const Kernels<T>& table() {
 
 const Kernels<float>& kernels_f32() { return table<float>(); }
 const Kernels<double>& kernels_f64() { return table<double>(); }
+#endif  // FUSED_RNN_BF16_PAIRS
 
 }  // namespace FUSED_RNN_CAP_NS
 }  // namespace cpu

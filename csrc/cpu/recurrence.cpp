@@ -94,6 +94,37 @@ at::Tensor pack_fwd(const std::vector<at::Tensor>& segments, int64_t G, const Ti
   return out;
 }
 
+// Forward panels in bf16 pairs, for the pair GEMM (FwdStep::xb): the bf16 segments of
+// [W_ih | W_hh] (each [G*H, K_s], K_s even) -> [panels, K/2, G, units, 2]: element (k2, g, u)
+// is the pair (w[g*H + u][2 k2], w[g*H + u][2 k2 + 1]) of the panel's unit u, zero-padded.
+at::Tensor pack_pairs(const std::vector<at::Tensor>& segments, int64_t G, const TilePlan& p) {
+  const int64_t H = segments[0].size(0) / G, U = p.units;
+  int64_t K = 0;
+  for (const at::Tensor& s : segments) K += s.size(1);
+  at::Tensor out = at::zeros({p.panels, K / 2, G, U, 2}, segments[0].options());
+  uint16_t* const dst = reinterpret_cast<uint16_t*>(out.data_ptr());
+  at::parallel_for(0, p.panels * G, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t panel = i / G, g = i % G;
+      const int64_t rows = std::max<int64_t>(0, std::min(U, H - panel * U));
+      int64_t k0 = 0;
+      for (const at::Tensor& s : segments) {
+        const int64_t Ks = s.size(1);
+        const uint16_t* const src =
+            reinterpret_cast<const uint16_t*>(s.data_ptr()) + (g * H + panel * U) * Ks;
+        for (int64_t u = 0; u < rows; ++u) {
+          for (int64_t k = 0; k < Ks; ++k) {
+            dst[((((panel * (K / 2) + (k0 + k) / 2) * G + g) * U + u) * 2) + (k0 + k) % 2] =
+                src[u * Ks + k];
+          }
+        }
+        k0 += Ks;
+      }
+    }
+  });
+  return out;
+}
+
 // The forward panels of the last few weight pairs, kept inside a weights-unchanged scope
 // (panel_cache_scope). A decoder calls a one-step recurrence per token with the same
 // weights: packing them again each call (a strided pass over ~3 MiB at H=256) cost more
@@ -320,13 +351,17 @@ template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_impl(
     int64_t mode, bool reverse, const at::Tensor& x_, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths_, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved) {
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved,
+    const at::Tensor& h0_bf16 = at::Tensor()) {
   const int64_t nT = x_.size(0), B = x_.size(1), I = x_.size(2);
   const int64_t G = gate_count(mode), GH = w_ih.size(0), H = GH / G;
   const bool lstm = mode == kLSTM, gru = mode == kGRU;
   const bool proj = w_hr.defined();
   const int64_t P = proj ? w_hr.size(0) : H;
-  const auto opts = x_.options();
+  // The bf16 pair GEMM (forward_bf16): x_, w_ih, w_hh and h0_bf16 are bf16, the rest T.
+  const FwdPairsFn pairs_fwd = h0_bf16.defined() ? bf16_pairs_fwd() : nullptr;
+  const bool pairs = pairs_fwd != nullptr;
+  const auto opts = h0.options();
   const at::Tensor x = x_.contiguous();
   const at::Tensor lengths = lengths_.defined() ? lengths_.contiguous() : lengths_;
   const int64_t* len = ptr<int64_t>(lengths);
@@ -373,17 +408,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   // One step outside a weights-unchanged scope (a cell called once per token): both GEMMs on
   // the weights as they lie (MKL), the tiles only for the gate math. Packing panels for one
   // step cost more than the step: LSTMCell B=1 I=H=512 1819 us per call vs torch.nn's 309.
-  const bool one_step = nT == 1 && !panel_cache().active();
-  const bool input_gemm = one_step || use_input_gemm(B, nT, panel_cache().active(),
-                                                     (I + P) * GH * int64_t(sizeof(T)));
+  const bool one_step = !pairs && nT == 1 && !panel_cache().active();
+  const bool input_gemm = !pairs && (one_step || use_input_gemm(B, nT, panel_cache().active(),
+                                                                (I + P) * GH * int64_t(sizeof(T))));
   const at::Tensor gi = input_gemm ? times_transposed<T>(x.view({nT * B, I}), w_ih) : at::Tensor();
   const at::Tensor gh = one_step ? at::mm(h0c, w_hh.t()) : at::Tensor();
   // Keyed on both weights; the sign of G tells the two layouts (W_hh alone with the input
   // GEMM, [W_ih | W_hh] without) apart.
   const at::Tensor w_packed =
-      one_step ? at::Tensor() : panel_cache().get(w_ih, w_hh, input_gemm ? -G : G, plan, [&] {
-        return input_gemm ? pack_fwd<T>({w_hh}, G, plan) : pack_fwd<T>({w_ih, w_hh}, G, plan);
-      });
+      one_step ? at::Tensor()
+      : pairs  ? pack_pairs({w_ih, w_hh}, G, plan)
+               : panel_cache().get(w_ih, w_hh, input_gemm ? -G : G, plan, [&] {
+                   return input_gemm ? pack_fwd<T>({w_hh}, G, plan)
+                                     : pack_fwd<T>({w_ih, w_hh}, G, plan);
+                 });
+  // The pair GEMM's state operand: bf16 ping-pong slots, step 0 reading h0 as given.
+  const at::Tensor hb = pairs ? at::empty({2, B, P}, h0_bf16.options()) : at::Tensor();
+  const auto bf16_slot = [&](const at::Tensor& t, int64_t i) {
+    return reinterpret_cast<uint16_t*>(t.data_ptr()) + i * B * P;
+  };
   const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
   // With a projection every row goes through the tiles (which zero the finished rows' h_new
   // for the W_hr GEMM) and proj_fwd_post carries them.
@@ -399,8 +442,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     FwdStep<T> a;
     a.s = StepShape{nT, B, H, P, t, reverse, len};
     a.plan = plan;
-    a.w = ptr<T>(w_packed);
-    a.x = x.data_ptr<T>();
+    a.w = pairs ? reinterpret_cast<const T*>(w_packed.data_ptr()) : ptr<T>(w_packed);
+    a.x = pairs ? nullptr : x.data_ptr<T>();
+    if (pairs) {
+      a.xb = reinterpret_cast<const uint16_t*>(x.data_ptr());
+      a.hb_prev = t == 0 ? reinterpret_cast<const uint16_t*>(h0_bf16.data_ptr()) : bf16_slot(hb, t % 2);
+      a.hb_new = bf16_slot(hb, (t + 1) % 2);
+    }
     a.I = I;
     a.gi = ptr<T>(gi);
     a.gh = ptr<T>(gh);
@@ -416,9 +464,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     a.rows = active.at(t);
     a.plan = covering(plan, a.rows.n);
     for_items(a.plan.items(), item_flops(a.plan, one_step ? 0 : input_gemm ? P : I + P),
-              [&](int64_t i0, int64_t i1) { k.fwd(mode, a, i0, i1); });
+              [&](int64_t i0, int64_t i1) {
+                if (pairs) {
+                  pairs_fwd(mode, reinterpret_cast<const FwdStep<float>&>(a), i0, i1);
+                } else {
+                  k.fwd(mode, a, i0, i1);
+                }
+              });
     // Finished rows keep their state and emit zeros (natural position t: see StepShape::pos).
     ActivePrefix::for_finished(a.rows, B, [&](int64_t b) {
+      if (pairs) std::memcpy(a.hb_new + b * P, a.hb_prev + b * P, sizeof(uint16_t) * P);
       if (a.h_prev != a.h_new) std::memcpy(a.h_new + b * H, a.h_prev + b * P, sizeof(T) * H);
       if (lstm) std::memcpy(a.c_new + b * H, a.c_prev + b * H, sizeof(T) * H);
       std::memset(a.y + (t * B + b) * P, 0, sizeof(T) * P);
@@ -816,12 +871,37 @@ std::vector<at::Tensor> backward_impl(
           db_ih, db_hh, dw_hr};
 }
 
+// bf16 inputs: the forward of fp32 math, outputs in float32 (the caller rounds them). Where
+// the CPU has AVX512-BF16 (and I, P are even, no projection, more than one step) its GEMMs
+// take x, the weights and the state as bf16 pairs, two products per instruction (the state
+// rounded to bf16 for them at each step, as torch.nn's bf16 LSTM keeps it); else everything
+// is widened to fp32 first.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_bf16(
+    int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved) {
+  const auto f32 = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
+  const bool pairs = bf16_pairs_fwd() && !w_hr.defined() && x.size(0) > 1 && x.size(2) % 2 == 0 &&
+                     w_hh.size(1) % 2 == 0;
+  if (!pairs) {
+    return forward_impl<float>(mode, reverse, f32(x), f32(h0), f32(c0), lengths, f32(w_ih),
+                               f32(w_hh), f32(b_ih), f32(b_hh), f32(w_hr), need_saved);
+  }
+  return forward_impl<float>(mode, reverse, x, f32(h0), f32(c0), lengths, w_ih.contiguous(),
+                             w_hh.contiguous(), f32(b_ih), f32(b_hh), w_hr, need_saved,
+                             h0.contiguous());
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurrence_forward(
     int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved) {
+  if (x.scalar_type() == at::kBFloat16) {
+    return forward_bf16(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr,
+                        need_saved);
+  }
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rnn::recurrence_forward", [&] {
     return forward_impl<scalar_t>(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh,
                                   w_hr, need_saved);

@@ -7,8 +7,10 @@ LSTM ``(acts [T, B, 4H], hs [T+1, B, P], cs [T+1, B, H][, y_pre [T, B, H]])``,
 GRU ``(acts [T, B, 4H], hs [T+1, B, H])``, RNN ``(hs [T+1, B, H],)``; forward in time
 without lengths or projection, ``hs`` is the output y itself (the states h_1..h_T).
 
-bf16 and fp16 (the cpu ops themselves take fp32 and fp64): stored in their dtype, computed in
-fp32 as the reference does, ``saved`` rounded to the half dtype as the reference keeps it.
+bf16 and fp16: stored in their dtype, computed in fp32 as the reference does, ``saved``
+rounded to the half dtype as the reference keeps it. The forward op takes bf16 itself (on CPUs
+with AVX512-BF16 its GEMMs multiply bf16 pairs, see csrc/cpu/recurrence.cpp's forward_bf16)
+and returns fp32; everything else is widened here first.
 """
 
 from __future__ import annotations
@@ -75,15 +77,19 @@ def _narrowed(dtype, *tensors):
     return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
-def widening_half(_fwd, _bwd):
-    """``(_fwd, _bwd)`` that run half inputs through the fp32 launchers given: inputs widened,
-    outputs, gradients and ``saved`` rounded back (``saved`` the output y where it is y)."""
+def widening_half(_fwd, _bwd, bf16_forward: bool = False):
+    """``(_fwd, _bwd)`` that run half inputs through the fp32 launchers given: inputs widened
+    (``bf16_forward``: bf16 goes to ``_fwd`` as it is, which returns fp32), outputs,
+    gradients and ``saved`` rounded back (``saved`` the output y where it is y)."""
 
     def fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
         if x.dtype not in _HALF:
             return _fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
-        y, h_n, c_n, saved = _fwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
-                                  lengths, need_saved)
+        if bf16_forward and x.dtype == torch.bfloat16:
+            y, h_n, c_n, saved = _fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
+        else:
+            y, h_n, c_n, saved = _fwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
+                                      lengths, need_saved)
         y_half, h_half, c_half = _narrowed(x.dtype, y, h_n, c_n)
         saved_half = tuple(y_half if s.data_ptr() == y.data_ptr() and s.shape == y.shape
                            else s.to(x.dtype) for s in saved)
@@ -99,7 +105,8 @@ def widening_half(_fwd, _bwd):
     return fwd, bwd
 
 
-_fwd, _bwd = widening_half(*extension_launchers("recurrence_forward", "recurrence_backward"))
+_fwd, _bwd = widening_half(*extension_launchers("recurrence_forward", "recurrence_backward"),
+                           bf16_forward=True)
 
 
 def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
