@@ -3,19 +3,7 @@
 // per-capability kernels; only header-only vector code is included here.
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-// The pragma does not define the feature macros that sleef.h and ATen test.
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __F16C__
-#define __F16C__ 1
-#endif
+#include "cap_feature_macros.h"
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #define FUSED_RNN_CAP_NS cap_avx2

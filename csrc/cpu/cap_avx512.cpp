@@ -5,34 +5,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-// The pragma does not define the feature macros that sleef.h and ATen test.
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __F16C__
-#define __F16C__ 1
-#endif
-#ifndef __AVX512F__
-#define __AVX512F__ 1
-#endif
-#ifndef __AVX512BW__
-#define __AVX512BW__ 1
-#endif
-#ifndef __AVX512VL__
-#define __AVX512VL__ 1
-#endif
-#ifndef __AVX512DQ__
-#define __AVX512DQ__ 1
-#endif
-#define CPU_CAPABILITY AVX512
-#define FUSED_RNN_VEC_REGS 32
-#define CPU_CAPABILITY_AVX512
+#define FUSED_RNN_CAP_AVX512
+#include "cap_feature_macros.h"
 #define FUSED_RNN_CAP_NS cap_avx512
 #include "kernels_impl.h"
 #include "attention_impl.h"
