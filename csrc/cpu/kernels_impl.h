@@ -316,6 +316,16 @@ inline void carry_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, bo
   }
 }
 
+// The new state of row b, units [j, j + n); with the bf16 pair GEMM also rounded to bf16,
+// the next step's operand.
+template <typename T>
+inline void store_state(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>& h) {
+  st(h, a.h_new + b * a.s.H, j, n);
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.hb_new) store_bf16(h, a.hb_new + b * a.s.H + j, n);
+  }
+}
+
 // Active row, units [j, j + n), given the gate pre-activations (without bias) pre[gate].
 template <typename T>
 inline void lstm_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>* pre) {
@@ -329,10 +339,7 @@ inline void lstm_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n,
   const Vec<T> cn = f * ld(a.c_prev + b * H, j, n) + i * g;
   const Vec<T> h = o * tanh_(cn);
   st(cn, a.c_new + b * H, j, n);
-  st(h, a.h_new + b * H, j, n);
-  if constexpr (std::is_same_v<T, float>) {
-    if (a.hb_new) store_bf16(h, a.hb_new + b * H + j, n);
-  }
+  store_state(a, b, j, n, h);
   if (a.y) st(h, a.y + (s.pos(b) * s.B + b) * H, j, n);  // P == H without a projection
   if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, i, f, g, o);
 }
@@ -349,10 +356,7 @@ inline void gru_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, 
   const Vec<T> hn = plus(pre[2], a.b_hn, j, n);
   const Vec<T> nn = tanh_(plus(nx, bias, 2 * H + j, n) + r * hn);
   const Vec<T> hv = nn + z * (ld(a.h_prev + b * H, j, n) - nn);
-  st(hv, a.h_new + b * H, j, n);
-  if constexpr (std::is_same_v<T, float>) {
-    if (a.hb_new) store_bf16(hv, a.hb_new + b * H + j, n);
-  }
+  store_state(a, b, j, n, hv);
   if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
   if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, r, z, nn, hn);
 }
@@ -364,10 +368,7 @@ inline void rnn_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, 
   const int64_t H = s.H;
   const Vec<T> x = plus(pre, a.bias, j, n);
   const Vec<T> hv = relu ? at::vec::clamp_min(x, Vec<T>(T(0))) : tanh_(x);
-  st(hv, a.h_new + b * H, j, n);
-  if constexpr (std::is_same_v<T, float>) {
-    if (a.hb_new) store_bf16(hv, a.hb_new + b * H + j, n);
-  }
+  store_state(a, b, j, n, hv);
   if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
 }
 
@@ -435,13 +436,13 @@ void fwd_tiles(const FwdStep<T>& a, int64_t i0, int64_t i1) {
                                        after, epi);
 }
 
-template <typename T>
+template <typename T, bool PAIRS = false>
 void fwd(int64_t mode, const FwdStep<T>& a, int64_t i0, int64_t i1) {
   switch (mode) {
-    case kLSTM: return fwd_tiles<T, kLSTM>(a, i0, i1);
-    case kGRU: return fwd_tiles<T, kGRU>(a, i0, i1);
-    case kRNN_TANH: return fwd_tiles<T, kRNN_TANH>(a, i0, i1);
-    default: return fwd_tiles<T, kRNN_RELU>(a, i0, i1);
+    case kLSTM: return fwd_tiles<T, kLSTM, PAIRS>(a, i0, i1);
+    case kGRU: return fwd_tiles<T, kGRU, PAIRS>(a, i0, i1);
+    case kRNN_TANH: return fwd_tiles<T, kRNN_TANH, PAIRS>(a, i0, i1);
+    default: return fwd_tiles<T, kRNN_RELU, PAIRS>(a, i0, i1);
   }
 }
 
@@ -698,12 +699,7 @@ void cols_gemm(const ColsGemm<T>& g, int64_t i0, int64_t i1) {
 #ifdef FUSED_RNN_BF16_PAIRS
 // This file's one entry (cap_avx512bf16.cpp): the forward step over bf16 pairs.
 void fwd_pairs(int64_t mode, const FwdStep<float>& a, int64_t i0, int64_t i1) {
-  switch (mode) {
-    case kLSTM: return fwd_tiles<float, kLSTM, true>(a, i0, i1);
-    case kGRU: return fwd_tiles<float, kGRU, true>(a, i0, i1);
-    case kRNN_TANH: return fwd_tiles<float, kRNN_TANH, true>(a, i0, i1);
-    default: return fwd_tiles<float, kRNN_RELU, true>(a, i0, i1);
-  }
+  fwd<float, true>(mode, a, i0, i1);
 }
 #else
 template <typename T>

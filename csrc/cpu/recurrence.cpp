@@ -337,9 +337,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   const bool lstm = mode == kLSTM, gru = mode == kGRU;
   const bool proj = w_hr.defined();
   const int64_t P = proj ? w_hr.size(0) : H;
-  // The bf16 pair GEMM (forward_bf16): x_, w_ih, w_hh and h0_bf16 are bf16, the rest T.
-  const FwdPairsFn pairs_fwd = h0_bf16.defined() ? bf16_pairs_fwd() : nullptr;
-  const bool pairs = pairs_fwd != nullptr;
+  // The bf16 pair GEMM (forward_bf16, where bf16_pairs_fwd() is): x_, w_ih, w_hh and h0_bf16
+  // are bf16, the rest T.
+  const bool pairs = h0_bf16.defined();
+  const FwdPairsFn pairs_fwd = pairs ? bf16_pairs_fwd() : nullptr;
   const auto opts = h0.options();
   const at::Tensor x = x_.contiguous();
   const at::Tensor lengths = lengths_.defined() ? lengths_.contiguous() : lengths_;

@@ -19,6 +19,7 @@ import torch
 
 from ... import _native
 from .cells import GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
+from .reference import _HALF, _fp32, _like
 from .saved_layout import fused_saved_like
 
 MODES = {LSTM: 0, GRU: 1, RNN_TANH: 2, RNN_RELU: 3}
@@ -66,31 +67,20 @@ def extension_launchers(forward: str, backward: str):
     return _fwd, _bwd
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _fp32(*tensors):
-    return tuple(None if t is None else t.float() for t in tensors)
-
-
-def _narrowed(dtype, *tensors):
-    return tuple(None if t is None else t.to(dtype) for t in tensors)
-
-
-def widening_half(_fwd, _bwd, bf16_forward: bool = False):
+def widening_half(_fwd, _bwd):
     """``(_fwd, _bwd)`` that run half inputs through the fp32 launchers given: inputs widened
-    (``bf16_forward``: bf16 goes to ``_fwd`` as it is, which returns fp32), outputs,
-    gradients and ``saved`` rounded back (``saved`` the output y where it is y)."""
+    (bf16 goes to the forward as it is, which returns fp32), outputs, gradients and ``saved``
+    rounded back (``saved`` the output y where it is y)."""
 
     def fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
         if x.dtype not in _HALF:
             return _fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
-        if bf16_forward and x.dtype == torch.bfloat16:
+        if x.dtype == torch.bfloat16:
             y, h_n, c_n, saved = _fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
         else:
             y, h_n, c_n, saved = _fwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
                                       lengths, need_saved)
-        y_half, h_half, c_half = _narrowed(x.dtype, y, h_n, c_n)
+        y_half, h_half, c_half = _like(x.dtype, y, h_n, c_n)
         saved_half = tuple(y_half if s.data_ptr() == y.data_ptr() and s.shape == y.shape
                            else s.to(x.dtype) for s in saved)
         return y_half, h_half, c_half, saved_half
@@ -100,13 +90,12 @@ def widening_half(_fwd, _bwd, bf16_forward: bool = False):
             return _bwd(mode, reverse, x, h0, c0, w, lengths, saved, dy, dh_n, dc_n)
         dx, dh0, dc0, grads = _bwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
                                    lengths, list(_fp32(*saved)), *_fp32(dy, dh_n, dc_n))
-        return (*_narrowed(x.dtype, dx, dh0, dc0), LayerWeights(*_narrowed(x.dtype, *grads)))
+        return (*_like(x.dtype, dx, dh0, dc0), LayerWeights(*_like(x.dtype, *grads)))
 
     return fwd, bwd
 
 
-_fwd, _bwd = widening_half(*extension_launchers("recurrence_forward", "recurrence_backward"),
-                           bf16_forward=True)
+_fwd, _bwd = widening_half(*extension_launchers("recurrence_forward", "recurrence_backward"))
 
 
 def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
