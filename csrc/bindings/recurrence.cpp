@@ -21,7 +21,7 @@ void check_like_x(const char* name, const Tensor& t, const Tensor& x, at::IntArr
   check_like(name, t, "x", x, want);
 }
 
-// check_recurrence_args, on the CPU, in float32 or float64 (the forward: or bfloat16).
+// check_recurrence_args, on the CPU, in float32 or float64 (or bfloat16 where bf16 is set).
 RecurrenceSizes check_common(int64_t mode, const Tensor& x, const Tensor& h0,
                              const optional<Tensor>& c0, const optional<Tensor>& lengths,
                              const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
@@ -53,7 +53,8 @@ std::vector<Tensor> recurrence_backward(
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
     at::TensorList saved, const Tensor& dy, const optional<Tensor>& dh_n,
     const optional<Tensor>& dc_n) {
-  const RecurrenceSizes s = check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const RecurrenceSizes s =
+      check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, /*bf16=*/true);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const size_t want = (cpu::act_count(mode) ? 1 : 0) + 1 + (mode == cpu::kLSTM ? 1 : 0) + proj;
   TORCH_CHECK(saved.size() == want, "fused_rnn: saved must hold the ", want,

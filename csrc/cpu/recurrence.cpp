@@ -662,6 +662,7 @@ struct SumRows {
   at::Tensor h;        // [R, P] the states before each row's step, when rows were left out
   const States* hs;
   int64_t B, t0, t1;
+  at::Tensor Dh;  // D rounded to bf16 where x is bf16 (then so are the weight and states)
 
   // dx's rows of this chunk: D's first K columns times w [K, N]. Through the step kernels'
   // tiles (w_packed: pack_bwd of w for `plan`): 16.0 vs 19.6 ms for MKL's at::mm (dx of
@@ -670,7 +671,7 @@ struct SumRows {
   void add_dx(at::Tensor& dx, const at::Tensor& w, const at::Tensor& w_packed, TilePlan plan) const {
     const int64_t R = D.size(0), K = w.size(0), N = w.size(1);
     if (!w_packed.defined()) {
-      const at::Tensor rows = at::mm(D.narrow(1, 0, K), w);
+      const at::Tensor rows = at::mm((Dh.defined() ? Dh : D).narrow(1, 0, K), w);
       if (natural.defined()) {
         dx.index_copy_(0, natural, rows);
       } else {
@@ -693,6 +694,11 @@ struct SumRows {
     const at::Tensor a = D.narrow(0, row0, K).narrow(1, col0, M);
     if (K == 0) {  // no rows: the tiles would leave out as it is
       if (!accumulate) out.zero_();
+      return;
+    }
+    if (Dh.defined()) {
+      const at::Tensor prod = at::mm(Dh.narrow(0, row0, K).narrow(1, col0, M).t(), b);
+      accumulate ? out.add_(prod) : out.copy_(prod);
       return;
     }
     const ColsGemm<T> g{a.data_ptr<T>(), a.stride(0), M, b.data_ptr<T>(), b.stride(0), b.size(1),
@@ -768,15 +774,18 @@ struct StepSums {
   at::Tensor x2, w_ih;
   const States* hs;
   bool sum_biases;  // the gate gradients summed over rows too, into db (else the loop does)
+  at::TensorOptions opts;  // of the gradients
   at::Tensor dx, dw_ih, dw_hh, db, w_packed;
   TilePlan plan{};
   bool accumulate = false;
 
   // At the first chunk, not before: the loop's buffers may be gone by then. With lengths a
-  // chunk may leave rows of dx out: they stay zero (and all of it without a step).
+  // chunk may leave rows of dx out: they stay zero (and all of it without a step). dx has
+  // x's dtype (bf16 sums write bf16 rows), the weight gradients opts'.
   void allocate(const at::TensorOptions& opts, int64_t GH, int64_t I, int64_t P, bool steps) {
     const bool zero = len || !steps;
-    dx = zero ? at::zeros({nT * B, I}, opts) : at::empty({nT * B, I}, opts);
+    const auto dx_opts = opts.dtype(x2.scalar_type());
+    dx = zero ? at::zeros({nT * B, I}, dx_opts) : at::empty({nT * B, I}, dx_opts);
     // dW_ih and dW_hh in one block: freed together (autograd adds both into .grad, then
     // drops them) two blocks merge at the top of glibc's heap into twice its trim threshold
     // and are handed back to the kernel, to fault in anew at the next call: a loop of
@@ -789,13 +798,17 @@ struct StepSums {
   }
 
   void operator()(int64_t t0, int64_t t1, const at::Tensor& rows) {
-    if (!dx.defined()) allocate(x2.options(), w_ih.size(0), x2.size(1), hs->h0.size(-1), true);
-    const SumRows r = sum_rows<T>(rows, x2, *hs, nT, B, reverse, len, t0, t1);
-    if (r.D.size(0) >= kTilesMinRows && !w_packed.defined()) {
+    if (!dx.defined()) allocate(opts, w_ih.size(0), x2.size(1), hs->h0.size(-1), true);
+    SumRows r = sum_rows<T>(rows, x2, *hs, nT, B, reverse, len, t0, t1);
+    // bf16 operands (backward_bf16): oneDNN's GEMMs of bf16 products, fp32 sums.
+    const bool half = x2.scalar_type() == at::kBFloat16;
+    if (half) r.Dh = r.D.to(at::kBFloat16);
+    const bool tiles = !half && r.D.size(0) >= kTilesMinRows;
+    if (tiles && !w_packed.defined()) {
       plan = kernels<T>().bwd_plan(1, w_ih.size(1));
       w_packed = pack_bwd(w_ih, plan);
     }
-    r.add_dx<T>(dx, w_ih, r.D.size(0) >= kTilesMinRows ? w_packed : at::Tensor(), plan);
+    r.add_dx<T>(dx, w_ih, tiles ? w_packed : at::Tensor(), plan);
     r.d_t_times<T>(dw_ih, 0, r.x, 0, accumulate);
     if (mode == kGRU) {
       r.h_product<T>(dw_hh.narrow(0, 0, 2 * H), 0, accumulate);
@@ -814,13 +827,13 @@ std::vector<at::Tensor> backward_impl(
     const at::Tensor& lengths_, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
     const std::vector<at::Tensor>& saved, const at::Tensor& dy_, const at::Tensor& dh_n,
-    const at::Tensor& dc_n) {
+    const at::Tensor& dc_n, const at::Tensor& hs_bf16 = {}, const at::Tensor& h0_bf16 = {}) {
   const int64_t nT = x_.size(0), B = x_.size(1), I = x_.size(2);
   const int64_t G = gate_count(mode), GH = w_ih.size(0), H = GH / G;
   const bool lstm = mode == kLSTM, gru = mode == kGRU;
   const bool proj = w_hr.defined();
   const int64_t P = proj ? w_hr.size(0) : H;
-  const auto opts = x_.options();
+  const auto opts = dy_.options();  // x_ and w_ih may be bf16 (backward_bf16)
   const at::Tensor x = x_.contiguous();
   const at::Tensor dy = dy_.contiguous();
   const at::Tensor lengths = lengths_.defined() ? lengths_.contiguous() : lengths_;
@@ -836,8 +849,10 @@ std::vector<at::Tensor> backward_impl(
   const at::Tensor cs = lstm ? saved[n++] : at::Tensor();              // [T+1, B, H]
   const at::Tensor ypre = proj ? saved[n++] : at::Tensor();            // [T, B, H]
 
-  StepSums<T> sums{mode, nT, B, H, reverse, len, x.view({nT * B, I}), w_ih, &hs,
-                    proj && b_ih.defined()};
+  // The sums' states: hs_bf16 and h0_bf16 with x and w_ih in bf16 (backward_bf16).
+  const States sum_states = hs_bf16.defined() ? States(hs_bf16, h0_bf16, nT) : hs;
+  StepSums<T> sums{mode, nT, B, H, reverse, len, x.view({nT * B, I}), w_ih, &sum_states,
+                    proj && b_ih.defined(), opts};
 
   at::Tensor dhs = proj ? at::empty({nT, B, P}, opts) : at::Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, len};
@@ -880,6 +895,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
                              h0.contiguous());
 }
 
+// bf16 inputs, saved tensors and output gradients: the backward of fp32 math, gradients in
+// float32 (the caller rounds them) but dx, bf16 where the sums are. The reverse loop runs on widened copies; where the CPU
+// has AVX512-BF16, the sums over steps (dx, dW_ih, dW_hh: three of the backward's four
+// GEMMs) multiply bf16 operands (x, W_ih and the states as they are, the gate gradients
+// rounded to bf16, as torch.nn's bf16 LSTM does) in oneDNN's GEMMs with fp32 sums: 2.3-3x
+// the fp32 rate here.
+std::vector<at::Tensor> backward_bf16(
+    int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
+    const std::vector<at::Tensor>& saved, const at::Tensor& dy, const at::Tensor& dh_n,
+    const at::Tensor& dc_n) {
+  const auto f32 = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
+  std::vector<at::Tensor> saved32;
+  for (const at::Tensor& t : saved) saved32.push_back(f32(t));
+  const bool half_sums = bf16_pairs_fwd() != nullptr;
+  const at::Tensor& hs = saved[act_count(mode) ? 1 : 0];
+  return backward_impl<float>(
+      mode, reverse, half_sums ? x.contiguous() : f32(x), f32(h0), f32(c0), lengths,
+      half_sums ? w_ih : f32(w_ih), f32(w_hh), f32(b_ih), f32(b_hh), f32(w_hr), saved32, f32(dy),
+      f32(dh_n), f32(dc_n), half_sums ? hs : at::Tensor(),
+      half_sums ? h0.contiguous() : at::Tensor());
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurrence_forward(
@@ -904,6 +943,10 @@ std::vector<at::Tensor> recurrence_backward(
     const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
     const std::vector<at::Tensor>& saved, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n) {
+  if (x.scalar_type() == at::kBFloat16) {
+    return backward_bf16(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, saved,
+                         dy, dh_n, dc_n);
+  }
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rnn::recurrence_backward", [&] {
     return backward_impl<scalar_t>(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh,
                                    w_hr, saved, dy, dh_n, dc_n);

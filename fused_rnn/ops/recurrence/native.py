@@ -10,7 +10,8 @@ without lengths or projection, ``hs`` is the output y itself (the states h_1..h_
 bf16 and fp16: stored in their dtype, computed in fp32 as the reference does, ``saved``
 rounded to the half dtype as the reference keeps it. The forward op takes bf16 itself (on CPUs
 with AVX512-BF16 its GEMMs multiply bf16 pairs, see csrc/cpu/recurrence.cpp's forward_bf16)
-and returns fp32; everything else is widened here first.
+and returns fp32, and so does the backward op (there its sums over steps multiply bf16,
+see backward_bf16); fp16 is widened here first.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def extension_launchers(forward: str, backward: str):
 
 def widening_half(_fwd, _bwd):
     """``(_fwd, _bwd)`` that run half inputs through the fp32 launchers given: inputs widened
-    (bf16 goes to the forward as it is, which returns fp32), outputs, gradients and ``saved``
+    (bf16 goes to the ops as it is, which return fp32), outputs, gradients and ``saved``
     rounded back (``saved`` the output y where it is y)."""
 
     def fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
@@ -88,8 +89,11 @@ def widening_half(_fwd, _bwd):
     def bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc_n):
         if x.dtype not in _HALF:
             return _bwd(mode, reverse, x, h0, c0, w, lengths, saved, dy, dh_n, dc_n)
-        dx, dh0, dc0, grads = _bwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
-                                   lengths, list(_fp32(*saved)), *_fp32(dy, dh_n, dc_n))
+        if x.dtype == torch.bfloat16:
+            dx, dh0, dc0, grads = _bwd(mode, reverse, x, h0, c0, w, lengths, saved, dy, dh_n, dc_n)
+        else:
+            dx, dh0, dc0, grads = _bwd(mode, reverse, *_fp32(x, h0, c0), LayerWeights(*_fp32(*w)),
+                                       lengths, list(_fp32(*saved)), *_fp32(dy, dh_n, dc_n))
         return (*_like(x.dtype, dx, dh0, dc0), LayerWeights(*_like(x.dtype, *grads)))
 
     return fwd, bwd
