@@ -4,6 +4,7 @@ elsewhere, and for odd sizes, a projection or a single step, it computes in fp32
 inputs. Outputs and every gradient against the fp64 reference run of the same bf16 inputs,
 every cell, both directions, with lengths; the widened path reruns the file in a child."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import pytest
 import torch
 
+import fused_rnn
 from fused_rnn import _native, backends
 from fused_rnn.ops.recurrence import reference
 from fused_rnn.ops.recurrence.cells import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
@@ -83,6 +85,33 @@ def test_bf16_matches_reference(mode, reverse, lengths, I, H, proj):
         _close(a, e, f"gradient {i}", ATOL_RELU_GRAD if mode == RNN_RELU else ATOL)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_bf16_errs_no_more_than_torch_nn_bf16(kind):
+    # The tolerances above allow a few ulps of each result's largest element; here each
+    # output and gradient must err (largest error / largest element, vs fp64) at most 1.5x
+    # as much as torch.nn's bf16 module on the same weights and inputs, or 2 bf16 ulps.
+    torch.manual_seed(1)
+    T_, B_, H = 40, 16, 64
+    ref = getattr(torch.nn, kind)(H, H)
+    fused = getattr(fused_rnn, kind)(H, H)
+    fused.load_state_dict(ref.state_dict())
+    x, up = randn(T_, B_, H), randn(T_, B_, H, dtype=torch.float64)
+
+    def run(m, dtype):
+        m = copy.deepcopy(m).to(dtype)
+        xx = x.to(dtype).requires_grad_(True)
+        with fused_rnn.use_backend("cpu"):
+            y = m(xx)[0]
+        (y.double() * up).sum().backward()
+        return [y.double(), xx.grad.double()] + [p.grad.double() for p in m.parameters()]
+
+    exact, theirs, ours = run(ref, torch.float64), run(ref, torch.bfloat16), run(fused, torch.bfloat16)
+    names = ["y", "dx", "dW_ih", "dW_hh", "db_ih", "db_hh"]
+    for name, e, t, o in zip(names, exact, theirs, ours):
+        err = lambda a: ((a - e).abs().max() / e.abs().max()).item()  # noqa: E731
+        assert err(o) <= max(1.5 * err(t), 2 ** -7), f"{name}: {err(o):.2e} vs torch.nn's {err(t):.2e}"
+
+
 def test_pairs_are_used_where_the_cpu_has_them():
     cpu_flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     has = " avx512_bf16" in cpu_flags and _native.cpu_capability() == "avx512"
@@ -97,7 +126,7 @@ def test_pairs_are_used_where_the_cpu_has_them():
                     "the tests above already ran the widened path")
 def test_widened_path_passes_the_same_tests():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        "tests/test_cpu_bf16.py", "-k", "matches_reference"],
+                        "tests/test_cpu_bf16.py", "-k", "matches_reference or errs_no_more"],
                        env=dict(child_env(), FUSED_RNN_CPU_BF16="0"), cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
