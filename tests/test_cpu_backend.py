@@ -58,9 +58,10 @@ def test_sums_over_steps_in_chunks_pass_the_parity_tests(rows):
     """The backward hands its gradients to the sums over steps (dx, dW) in chunks (an RNN's
     of ~512 rows, LSTM's and GRU's all at once), which the test sizes never split: one step
     per chunk for every cell, then chunks of 400 rows (several chunks of the tiles' sizes in
-    tests/test_cpu_sums_over_steps.py)."""
+    tests/test_cpu_sums_over_steps.py). bf16 LSTM and GRU take chunks too (their activations
+    are widened a chunk at a time)."""
     _run_parity_tests({"FUSED_RNN_CPU_SUM_ROWS": rows},
-                      extra=["tests/test_cpu_sums_over_steps.py"])
+                      extra=["tests/test_cpu_sums_over_steps.py", "tests/test_cpu_bf16.py"])
 
 
 def _env_cpu_first():

@@ -521,7 +521,7 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     int64_t mode, const StepShape& shape, const at::Tensor& w_hh, const at::Tensor& w_hr,
     const States& hs, const at::Tensor& cs, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n, const at::Tensor& da, bool ring, int64_t chunk, at::Tensor& dhs,
-    at::Tensor& db_sums, OnChunk& on_chunk) {
+    at::Tensor& db_sums, OnChunk& on_chunk, const at::Tensor& acts_half = {}) {
   const int64_t nT = shape.T, B = shape.B, H = shape.H, P = shape.P, ld = da.size(2);
   const bool lstm = mode == kLSTM, gru = mode == kGRU, proj = w_hr.defined();
   const auto opts = dy.options();
@@ -563,6 +563,11 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     const at::Tensor db_parts = at::zeros({std::max<int64_t>(row_blocks, 1), a.ld}, opts);
     a.db = db_parts.data_ptr<T>();
     int64_t t1 = nT, t0 = std::max<int64_t>(0, nT - chunk);  // the chunk of step t
+    // bf16 activations (acts_half): widened into the ring a chunk at a time.
+    const auto fill = [&] {
+      if (acts_half.defined() && t1 > t0) da.narrow(0, 0, t1 - t0).copy_(acts_half.narrow(0, t0, t1 - t0));
+    };
+    fill();
     for (int64_t t = nT - 1; t >= 0; --t) {
       a.s.t = t;
       const int64_t base = ring ? t0 : 0;
@@ -595,6 +600,7 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
         hand_over(t0, t1);
         t1 = t0;
         t0 = std::max<int64_t>(0, t0 - chunk);
+        fill();
       }
     }
     if (nT > 0) add_hidden_side_product(dh, carry, w_hh, mode, H);
@@ -639,7 +645,8 @@ constexpr double kLeaveOutBelow = 0.9;
 // 5.2; times within the noise, 28.3 vs 29.4 ms and 8.0 vs 8.3 ms). LSTM and GRU
 // write theirs over the saved activations anyway: one chunk, after the loop's own buffers
 // are gone (chunks kept W_ih's and W_hh's panels and dx alive together: +2.3 MiB at that
-// shape, for no measured gain). FUSED_RNN_CPU_SUM_ROWS sets the rows per chunk (the tests
+// shape, for no measured gain); their bf16 activations are widened into a buffer of one
+// chunk, as an RNN's gradients are. FUSED_RNN_CPU_SUM_ROWS sets the rows per chunk (the tests
 // force many chunks).
 int64_t chunk_steps(int64_t T, int64_t B, bool ring) {
   static const char* env = std::getenv("FUSED_RNN_CPU_SUM_ROWS");
@@ -821,13 +828,19 @@ struct StepSums {
   }
 };
 
+// backward_bf16's tensors as they were saved: the activations (widened by the reverse loop
+// a chunk at a time), the states and h0 (the sums' operands, with x and W_ih in bf16).
+struct Bf16Saved {
+  at::Tensor acts, hs, h0;
+};
+
 template <typename T>
 std::vector<at::Tensor> backward_impl(
     int64_t mode, bool reverse, const at::Tensor& x_, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths_, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
     const std::vector<at::Tensor>& saved, const at::Tensor& dy_, const at::Tensor& dh_n,
-    const at::Tensor& dc_n, const at::Tensor& hs_bf16 = {}, const at::Tensor& h0_bf16 = {}) {
+    const at::Tensor& dc_n, const Bf16Saved& bf16 = {}) {
   const int64_t nT = x_.size(0), B = x_.size(1), I = x_.size(2);
   const int64_t G = gate_count(mode), GH = w_ih.size(0), H = GH / G;
   const bool lstm = mode == kLSTM, gru = mode == kGRU;
@@ -841,16 +854,19 @@ std::vector<at::Tensor> backward_impl(
 
   size_t n = 0;
   // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place; an
-  // RNN (nothing saved but its states) writes them into a buffer of one chunk of steps.
-  const bool ring = !act_count(mode);
+  // RNN (nothing saved but its states) writes them into a buffer of one chunk of steps, and
+  // so do bf16 activations (bf16.acts, then saved[0]), widened into it chunk by chunk.
+  const bool ring = !act_count(mode) || bf16.acts.defined();
   const int64_t chunk = proj ? std::max<int64_t>(nT, 1) : chunk_steps(nT, B, ring);
-  const at::Tensor da = ring ? at::empty({chunk, B, H}, opts) : saved[n++];
+  const int64_t ld = act_count(mode) ? saved[0].size(2) : H;
+  const at::Tensor da = ring ? at::empty({chunk, B, ld}, opts) : saved[0];
+  if (act_count(mode)) n++;
   const States hs(saved[n++], h0, nT);                                 // see States
   const at::Tensor cs = lstm ? saved[n++] : at::Tensor();              // [T+1, B, H]
   const at::Tensor ypre = proj ? saved[n++] : at::Tensor();            // [T, B, H]
 
-  // The sums' states: hs_bf16 and h0_bf16 with x and w_ih in bf16 (backward_bf16).
-  const States sum_states = hs_bf16.defined() ? States(hs_bf16, h0_bf16, nT) : hs;
+  // The sums' states: bf16's with x and w_ih in bf16 (backward_bf16).
+  const States sum_states = bf16.hs.defined() ? States(bf16.hs, bf16.h0, nT) : hs;
   StepSums<T> sums{mode, nT, B, H, reverse, len, x.view({nT * B, I}), w_ih, &sum_states,
                     proj && b_ih.defined(), opts};
 
@@ -859,7 +875,7 @@ std::vector<at::Tensor> backward_impl(
   at::Tensor dh0, dc0;
   at::Tensor db_sums;  // [ld] the gate gradients summed over steps and rows, or undefined
   std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, hs, cs, dy, dh_n, dc_n, da,
-                                        ring, chunk, dhs, db_sums, sums);
+                                        ring, chunk, dhs, db_sums, sums, bf16.acts);
 
   if (!nT) sums.allocate(opts, GH, I, P, false);
   at::Tensor db_ih = none_like(x), db_hh = none_like(x);
@@ -908,15 +924,22 @@ std::vector<at::Tensor> backward_bf16(
     const std::vector<at::Tensor>& saved, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n) {
   const auto f32 = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
-  std::vector<at::Tensor> saved32;
-  for (const at::Tensor& t : saved) saved32.push_back(f32(t));
   const bool half_sums = bf16_pairs_fwd() != nullptr;
-  const at::Tensor& hs = saved[act_count(mode) ? 1 : 0];
-  return backward_impl<float>(
-      mode, reverse, half_sums ? x.contiguous() : f32(x), f32(h0), f32(c0), lengths,
-      half_sums ? w_ih : f32(w_ih), f32(w_hh), f32(b_ih), f32(b_hh), f32(w_hr), saved32, f32(dy),
-      f32(dh_n), f32(dc_n), half_sums ? hs : at::Tensor(),
-      half_sums ? h0.contiguous() : at::Tensor());
+  // The activations go to the loop as they are (one chunk for the projection's loop: widened).
+  const bool acts_in_ring = act_count(mode) && !w_hr.defined();
+  std::vector<at::Tensor> saved32;
+  for (size_t i = 0; i < saved.size(); ++i) {
+    saved32.push_back(i == 0 && acts_in_ring ? saved[i] : f32(saved[i]));
+  }
+  Bf16Saved half;
+  if (acts_in_ring) half.acts = saved[0];
+  if (half_sums) {
+    half.hs = saved[act_count(mode) ? 1 : 0];
+    half.h0 = h0.contiguous();
+  }
+  return backward_impl<float>(mode, reverse, half_sums ? x.contiguous() : f32(x), f32(h0), f32(c0),
+                              lengths, half_sums ? w_ih : f32(w_ih), f32(w_hh), f32(b_ih),
+                              f32(b_hh), f32(w_hr), saved32, f32(dy), f32(dh_n), f32(dc_n), half);
 }
 
 }  // namespace
