@@ -890,6 +890,8 @@ std::vector<at::Tensor> backward_impl(
           db_ih, db_hh, dw_hr};
 }
 
+at::Tensor f32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+
 // bf16 inputs: the forward of fp32 math, outputs in float32 (the caller rounds them). Where
 // the CPU has AVX512-BF16 (and I, P are even, no projection, more than one step) its GEMMs
 // take x, the weights and the state as bf16 pairs, two products per instruction (the state
@@ -899,7 +901,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved) {
-  const auto f32 = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
   const bool pairs = bf16_pairs_fwd() && !w_hr.defined() && x.size(0) > 1 && x.size(2) % 2 == 0 &&
                      w_hh.size(1) % 2 == 0;
   if (!pairs) {
@@ -912,18 +913,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
 }
 
 // bf16 inputs, saved tensors and output gradients: the backward of fp32 math, gradients in
-// float32 (the caller rounds them) but dx, bf16 where the sums are. The reverse loop runs on widened copies; where the CPU
-// has AVX512-BF16, the sums over steps (dx, dW_ih, dW_hh: three of the backward's four
-// GEMMs) multiply bf16 operands (x, W_ih and the states as they are, the gate gradients
-// rounded to bf16, as torch.nn's bf16 LSTM does) in oneDNN's GEMMs with fp32 sums: 2.3-3x
-// the fp32 rate here.
+// float32 (the caller rounds them) but dx, bf16 where the sums are. The reverse loop runs on
+// widened copies; where the CPU has AVX512-BF16, the sums over steps (dx, dW_ih, dW_hh:
+// three of the backward's four GEMMs) multiply bf16 operands (x, W_ih and the states as
+// they are, the gate gradients rounded to bf16, as torch.nn's bf16 LSTM does) in oneDNN's
+// GEMMs with fp32 sums: 2.3-3x the fp32 rate here.
 std::vector<at::Tensor> backward_bf16(
     int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr,
     const std::vector<at::Tensor>& saved, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n) {
-  const auto f32 = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
   const bool half_sums = bf16_pairs_fwd() != nullptr;
   // The activations go to the loop as they are (one chunk for the projection's loop: widened).
   const bool acts_in_ring = act_count(mode) && !w_hr.defined();
