@@ -91,10 +91,12 @@ struct FwdStep {
   // bf16 pair GEMM (bf16_pairs_fwd(), CPUs with AVX512-BF16; float only): the GEMM's left
   // operands are x as bf16 [T, B, I] and the state before the step as bf16 [B, P], read as
   // pairs of consecutive k; w packed in pairs (recurrence.cpp's pack_pairs); the step also
-  // writes the new state rounded to bf16, the next step's operand. No gi, gh or projection.
+  // writes the new state rounded to bf16, the next step's operand, and the saved activations
+  // rounded to bf16 into acts_bf16 (acts nullptr). No gi, gh or projection.
   const uint16_t* xb = nullptr;
   const uint16_t* hb_prev = nullptr;
   uint16_t* hb_new = nullptr;
+  uint16_t* acts_bf16 = nullptr;  // [B, A] as acts
 };
 
 // Backward step. Fused (no projection): dL/dh of the state after the step is

@@ -316,6 +316,24 @@ inline void carry_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, bo
   }
 }
 
+// The saved activations of row b, units [j, j + n) of each of its four slots: in T, or
+// rounded to bf16 with the bf16 pair GEMM.
+template <typename T>
+inline void store_acts(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, const Vec<T>& s0,
+                       const Vec<T>& s1, const Vec<T>& s2, const Vec<T>& s3) {
+  const int64_t H = a.s.H;
+  if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, s0, s1, s2, s3);
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.acts_bf16) {
+      uint16_t* const row = a.acts_bf16 + b * 4 * H + j;
+      store_bf16(s0, row, n);
+      store_bf16(s1, row + H, n);
+      store_bf16(s2, row + 2 * H, n);
+      store_bf16(s3, row + 3 * H, n);
+    }
+  }
+}
+
 // The new state of row b, units [j, j + n); with the bf16 pair GEMM also rounded to bf16,
 // the next step's operand.
 template <typename T>
@@ -341,7 +359,7 @@ inline void lstm_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n,
   st(cn, a.c_new + b * H, j, n);
   store_state(a, b, j, n, h);
   if (a.y) st(h, a.y + (s.pos(b) * s.B + b) * H, j, n);  // P == H without a projection
-  if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, i, f, g, o);
+  store_acts(a, b, j, n, i, f, g, o);
 }
 
 // pre: r and z pre-activations and W_hn h (no bias); nx = W_in x.
@@ -358,7 +376,7 @@ inline void gru_fwd_units(const FwdStep<T>& a, int64_t b, int64_t j, int64_t n, 
   const Vec<T> hv = nn + z * (ld(a.h_prev + b * H, j, n) - nn);
   store_state(a, b, j, n, hv);
   if (a.y) st(hv, a.y + (s.pos(b) * s.B + b) * H, j, n);
-  if (a.acts) store_slots(a.acts + b * 4 * H, H, j, n, r, z, nn, hn);
+  store_acts(a, b, j, n, r, z, nn, hn);
 }
 
 template <typename T>

@@ -380,7 +380,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     if (initial_in_slot) cs[0].copy_(c0);
   }
   const int64_t A = act_count(mode);
-  const at::Tensor acts = need_saved && A ? at::empty({nT, B, A * H}, opts) : at::Tensor();
+  // With the pair GEMM the activations are saved as bf16, as the caller keeps them.
+  const at::Tensor acts =
+      need_saved && A ? at::empty({nT, B, A * H}, pairs ? x_.options() : opts) : at::Tensor();
   const at::Tensor ypre = proj ? at::empty({need_saved ? nT : 1, B, H}, opts) : at::Tensor();
   at::Tensor y = at::empty({nT, B, P}, opts);
   const Kernels<T>& k = kernels<T>();
@@ -440,7 +442,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     a.c_prev = !lstm ? nullptr : t == 0 && !initial_in_slot ? c0c.data_ptr<T>() : slot<T>(cs, sp);
     a.c_new = lstm ? slot<T>(cs, sn) : nullptr;
     a.y = proj || states_in_y ? nullptr : y.data_ptr<T>();
-    a.acts = acts.defined() ? slot<T>(acts, t) : nullptr;
+    a.acts = acts.defined() && !pairs ? slot<T>(acts, t) : nullptr;
+    if (pairs && acts.defined()) {
+      a.acts_bf16 = reinterpret_cast<uint16_t*>(acts.data_ptr()) + t * B * A * H;
+    }
     a.proj = proj;
     a.rows = active.at(t);
     a.plan = covering(plan, a.rows.n);
