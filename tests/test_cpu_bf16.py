@@ -1,8 +1,10 @@
 """The cpu backend's bf16 recurrence. On CPUs with AVX512-BF16 its forward multiplies bf16
-pairs (x, the weights and the state, rounded to bf16 at every step, with fp32 accumulation);
-elsewhere, and for odd sizes, a projection or a single step, it computes in fp32 on widened
-inputs. Outputs and every gradient against the fp64 reference run of the same bf16 inputs,
-every cell, both directions, with lengths; the widened path reruns the file in a child."""
+pairs (x, the weights and the state, rounded to bf16 at every step, with fp32 accumulation)
+and its backward's sums over steps (dx, dW_ih, dW_hh) are bf16 GEMMs; elsewhere, and for
+odd sizes, a projection or a single step, it computes in fp32 on widened inputs. Outputs and
+every gradient against the fp64 reference run of the same bf16 inputs, every cell, both
+directions, with lengths, and against torch.nn's bf16 error; the widened path reruns the
+file in a child."""
 
 import copy
 import os
