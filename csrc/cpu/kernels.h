@@ -118,6 +118,7 @@ struct BwdStep {
   int64_t k2_off;   // ... and columns [k2_off, k2_off + k2) meet rows [k1, k1 + k2);
   int64_t k2;       // both 0 at the last step (no later step)
   const T* dy;      // [T, B, P] output gradient, natural time order; nullptr with a projection
+  int64_t dy_pos0;  // the position dy's first row holds (a chunk of widened bf16 rows: > 0)
   const T* dh;      // [B, P] part of dL/dh' that does not go through W_hh (with a projection: dh + dy)
   const T* gy;      // [B, H] with a projection: dL/d(o*tanh(c')); else nullptr
   const T* h_prev;  // [B, P] state before the step (GRU)

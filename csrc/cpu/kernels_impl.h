@@ -537,7 +537,8 @@ void bwd(int64_t mode, const BwdStep<T>& a, int64_t i0, int64_t i1) {
       const int64_t j = q * a.plan.units + u * V, n = std::min<int64_t>(V, H - j);
       if (n <= 0) break;
       // Every row here is active (a.rows); the driver carries the finished ones.
-      const Vec<T> g = acc[u] + ld(a.dh + b * H, j, n) + ld(a.dy + (s.pos(b) * s.B + b) * H, j, n);
+      const Vec<T> g = acc[u] + ld(a.dh + b * H, j, n) +
+                       ld(a.dy + ((s.pos(b) - a.dy_pos0) * s.B + b) * H, j, n);
       if (mode == kLSTM) {
         lstm_bwd_units(a, b, j, n, g);
         st(Vec<T>(T(0)), dh_prev, j, n);

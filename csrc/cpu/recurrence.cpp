@@ -513,6 +513,15 @@ struct States {
   }
 };
 
+// backward_bf16's tensors as they were saved: the activations (widened by the reverse loop
+// a chunk at a time), the states and h0 (the sums' operands, with x and W_ih in bf16); with
+// `chunked` (no lengths, no projection) the states, LSTM's cells and dy too are widened by
+// the loop a chunk at a time (cs [T+1, B, H], dy [T, B, P]), not beforehand.
+struct Bf16Saved {
+  at::Tensor acts, hs, h0, cs, dy;
+  bool chunked = false;
+};
+
 // The reverse loop. Writes the gate gradients of every step into da (LSTM and GRU: the saved
 // activations [T, B, 4H], in place; with `ring`, a buffer of `chunk` steps that each chunk
 // reuses), fills dhs [T, B, P] with a projection (dh + dy per step, for dW_hr) and, without
@@ -526,10 +535,10 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     int64_t mode, const StepShape& shape, const at::Tensor& w_hh, const at::Tensor& w_hr,
     const States& hs, const at::Tensor& cs, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n, const at::Tensor& da, bool ring, int64_t chunk, at::Tensor& dhs,
-    at::Tensor& db_sums, OnChunk& on_chunk, const at::Tensor& acts_half = {}) {
+    at::Tensor& db_sums, OnChunk& on_chunk, const Bf16Saved& bf16 = {}) {
   const int64_t nT = shape.T, B = shape.B, H = shape.H, P = shape.P, ld = da.size(2);
   const bool lstm = mode == kLSTM, gru = mode == kGRU, proj = w_hr.defined();
-  const auto opts = dy.options();
+  const auto opts = da.options();  // dy may be bf16 (bf16.chunked)
   const Kernels<T>& k = kernels<T>();
 
   at::Tensor dh = dh_n.defined() ? dh_n.contiguous().clone() : at::zeros({B, P}, opts);
@@ -549,7 +558,7 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
   BwdStep<T> a{};
   a.s = shape;
   a.ld = ld;
-  a.dy = proj ? nullptr : dy.data_ptr<T>();
+  a.dy = proj || bf16.chunked ? nullptr : dy.data_ptr<T>();
   a.dc = lstm ? dc.data_ptr<T>() : nullptr;
 
   if (!proj) {
@@ -568,9 +577,30 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     const at::Tensor db_parts = at::zeros({std::max<int64_t>(row_blocks, 1), a.ld}, opts);
     a.db = db_parts.data_ptr<T>();
     int64_t t1 = nT, t0 = std::max<int64_t>(0, nT - chunk);  // the chunk of step t
-    // bf16 activations (acts_half): widened into the ring a chunk at a time.
+    // bf16 tensors widened a chunk at a time: the activations into the ring; with
+    // bf16.chunked dy's rows and the states t0..t1 (and cells) into buffers of one chunk.
+    const States& hb = bf16.chunked ? States(bf16.hs, bf16.h0, nT) : hs;
+    at::Tensor dy_chunk, h_chunk, c_chunk;
+    if (bf16.chunked) {
+      dy_chunk = at::empty({chunk, B, P}, opts);
+      h_chunk = at::empty({chunk + 1, B, P}, opts);
+      if (lstm) c_chunk = at::empty({chunk + 1, B, H}, opts);
+    }
     const auto fill = [&] {
-      if (acts_half.defined() && t1 > t0) da.narrow(0, 0, t1 - t0).copy_(acts_half.narrow(0, t0, t1 - t0));
+      const int64_t n = t1 - t0;
+      if (n <= 0) return;
+      if (bf16.acts.defined()) da.narrow(0, 0, n).copy_(bf16.acts.narrow(0, t0, n));
+      if (!bf16.chunked) return;
+      a.dy_pos0 = shape.reverse ? nT - t1 : t0;  // no lengths: every row at one position
+      dy_chunk.narrow(0, 0, n).copy_(bf16.dy.narrow(0, a.dy_pos0, n));
+      a.dy = dy_chunk.data_ptr<T>();
+      if (!hb.in_y) {
+        h_chunk.narrow(0, 0, n + 1).copy_(hb.saved.narrow(0, t0, n + 1));
+      } else {  // state t is h0 (t = 0) or y[t - 1]
+        h_chunk[0].copy_(t0 ? hb.saved[t0 - 1] : hb.h0);
+        h_chunk.narrow(0, 1, n).copy_(hb.saved.narrow(0, t0, n));
+      }
+      if (lstm) c_chunk.narrow(0, 0, n + 1).copy_(bf16.cs.narrow(0, t0, n + 1));
     };
     fill();
     for (int64_t t = nT - 1; t >= 0; --t) {
@@ -583,10 +613,17 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       a.da_next = last ? slot<T>(da, t - base)
                   : t + 1 == t1 ? carry.data_ptr<T>() : slot<T>(da, t + 1 - base);
       a.dh = dh.data_ptr<T>();
-      a.h_prev = hs.template at_step<T>(t);
-      a.h_new = hs.template at_step<T>(t + 1);
-      a.c_prev = lstm ? slot<T>(cs, t) : nullptr;
-      a.c_new = lstm ? slot<T>(cs, t + 1) : nullptr;
+      if (bf16.chunked) {
+        a.h_prev = slot<T>(h_chunk, t - t0);
+        a.h_new = slot<T>(h_chunk, t + 1 - t0);
+        a.c_prev = lstm ? slot<T>(c_chunk, t - t0) : nullptr;
+        a.c_new = lstm ? slot<T>(c_chunk, t + 1 - t0) : nullptr;
+      } else {
+        a.h_prev = hs.template at_step<T>(t);
+        a.h_new = hs.template at_step<T>(t + 1);
+        a.c_prev = lstm ? slot<T>(cs, t) : nullptr;
+        a.c_new = lstm ? slot<T>(cs, t + 1) : nullptr;
+      }
       a.da = slot<T>(da, t - base);
       a.dh_prev = dh_next.data_ptr<T>();
       a.rows = active.at(t);
@@ -833,12 +870,6 @@ struct StepSums {
   }
 };
 
-// backward_bf16's tensors as they were saved: the activations (widened by the reverse loop
-// a chunk at a time), the states and h0 (the sums' operands, with x and W_ih in bf16).
-struct Bf16Saved {
-  at::Tensor acts, hs, h0;
-};
-
 template <typename T>
 std::vector<at::Tensor> backward_impl(
     int64_t mode, bool reverse, const at::Tensor& x_, const at::Tensor& h0, const at::Tensor& c0,
@@ -851,7 +882,7 @@ std::vector<at::Tensor> backward_impl(
   const bool lstm = mode == kLSTM, gru = mode == kGRU;
   const bool proj = w_hr.defined();
   const int64_t P = proj ? w_hr.size(0) : H;
-  const auto opts = dy_.options();  // x_ and w_ih may be bf16 (backward_bf16)
+  const auto opts = h0.options();  // x_, w_ih, saved and dy_ may be bf16 (backward_bf16)
   const at::Tensor x = x_.contiguous();
   const at::Tensor dy = dy_.contiguous();
   const at::Tensor lengths = lengths_.defined() ? lengths_.contiguous() : lengths_;
@@ -861,7 +892,7 @@ std::vector<at::Tensor> backward_impl(
   // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place; an
   // RNN (nothing saved but its states) writes them into a buffer of one chunk of steps, and
   // so do bf16 activations (bf16.acts, then saved[0]), widened into it chunk by chunk.
-  const bool ring = !act_count(mode) || bf16.acts.defined();
+  const bool ring = !act_count(mode) || bf16.acts.defined() || bf16.chunked;
   const int64_t chunk = proj ? std::max<int64_t>(nT, 1) : chunk_steps(nT, B, ring);
   const int64_t ld = act_count(mode) ? saved[0].size(2) : H;
   const at::Tensor da = ring ? at::empty({chunk, B, ld}, opts) : saved[0];
@@ -880,7 +911,7 @@ std::vector<at::Tensor> backward_impl(
   at::Tensor dh0, dc0;
   at::Tensor db_sums;  // [ld] the gate gradients summed over steps and rows, or undefined
   std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, hs, cs, dy, dh_n, dc_n, da,
-                                        ring, chunk, dhs, db_sums, sums, bf16.acts);
+                                        ring, chunk, dhs, db_sums, sums, bf16);
 
   if (!nT) sums.allocate(opts, GH, I, P, false);
   at::Tensor db_ih = none_like(x), db_hh = none_like(x);
@@ -930,21 +961,32 @@ std::vector<at::Tensor> backward_bf16(
     const std::vector<at::Tensor>& saved, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n) {
   const bool half_sums = bf16_pairs_fwd() != nullptr;
-  // The activations go to the loop as they are (one chunk for the projection's loop: widened).
+  // The activations go to the loop as they are (one chunk for the projection's loop: widened);
+  // with the bf16 sums (which read the bf16 states), no lengths and no projection, so do the
+  // states, cells and dy.
   const bool acts_in_ring = act_count(mode) && !w_hr.defined();
+  const bool chunked = half_sums && !lengths.defined() && !w_hr.defined();
+  const size_t hs_at = act_count(mode) ? 1 : 0;
   std::vector<at::Tensor> saved32;
   for (size_t i = 0; i < saved.size(); ++i) {
-    saved32.push_back(i == 0 && acts_in_ring ? saved[i] : f32(saved[i]));
+    const bool as_is = (i == 0 && acts_in_ring) || (chunked && i >= hs_at);
+    saved32.push_back(as_is ? saved[i] : f32(saved[i]));
   }
   Bf16Saved half;
   if (acts_in_ring) half.acts = saved[0];
   if (half_sums) {
-    half.hs = saved[act_count(mode) ? 1 : 0];
+    half.hs = saved[hs_at];
     half.h0 = h0.contiguous();
+  }
+  if (chunked) {
+    half.chunked = true;
+    half.dy = dy.contiguous();
+    if (mode == kLSTM) half.cs = saved[hs_at + 1];
   }
   return backward_impl<float>(mode, reverse, half_sums ? x.contiguous() : f32(x), f32(h0), f32(c0),
                               lengths, half_sums ? w_ih : f32(w_ih), f32(w_hh), f32(b_ih),
-                              f32(b_hh), f32(w_hr), saved32, f32(dy), f32(dh_n), f32(dc_n), half);
+                              f32(b_hh), f32(w_hr), saved32, chunked ? dy : f32(dy), f32(dh_n),
+                              f32(dc_n), half);
 }
 
 }  // namespace
