@@ -101,40 +101,42 @@ def test_cpu_weight_gradients_of_a_call_are_one_block():
 
 
 _FAULTS = """
-import resource, sys, torch, fused_rnn
+import resource, torch, fused_rnn
 torch.set_num_threads(1)
-ref = torch.nn.LSTMCell(512, 512)
 fused = fused_rnn.LSTMCell(512, 512)
-fused.load_state_dict(ref.state_dict())
 x = torch.randn(16, 512, requires_grad=True)
 
-def faults_per_loop(m):
-    def loop():
-        state, outs = None, []
-        for _ in range(10):
-            state = m(x, state)
-            outs.append(state[0])
-        sum(o.sum() for o in outs).backward()
-        for p in m.parameters():
-            p.grad = None
+def loop():
+    state, outs = None, []
+    for _ in range(10):
+        state = fused(x, state)
+        outs.append(state[0])
+    sum(o.sum() for o in outs).backward()
+    for p in fused.parameters():
+        p.grad = None
+
+with fused_rnn.use_backend("cpu"):
     for _ in range(3):
         loop()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
         loop()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10
-
-with fused_rnn.use_backend("cpu"):
-    print(faults_per_loop(ref), faults_per_loop(fused))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts glibc's page faults")
 @pytest.mark.skipif("cpu" not in fused_rnn.available_backends(), reason="the cpu backend is not built")
-def test_cpu_cell_training_loop_faults_no_more_pages_than_torch_nn():
-    # A fresh process: what an earlier test freed sets glibc's thresholds. Before the weight
-    # gradients were one block: ~8,500 faults per loop vs torch.nn's ~3,500 (1.5x its time).
-    r = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    ref, fused = map(float, r.stdout.split())
-    assert fused <= 1.25 * ref + 100, f"page faults per loop: fused {fused:.0f}, torch.nn {ref:.0f}"
+def test_cpu_cell_training_loop_does_not_fault_its_weight_gradients_back_in():
+    # Fresh processes: what was freed before sets glibc's thresholds, and the counts vary
+    # with the heap's layout (0.4k-3.5k per loop here), so the median of three. The loop's 10
+    # calls write 10 x 8 MiB of weight gradients (20,480 pages); as two blocks they faulted
+    # 4.5k-12.4k pages per loop (median 7.5k), as torch.nn's LSTMCell 1.3k-4.6k.
+    pages = 10 * 2 * (4 * 512 * 512 * 4) // os.sysconf("SC_PAGE_SIZE")
+    counts = []
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        counts.append(float(r.stdout.split()[-1]))
+    assert sorted(counts)[1] < 0.25 * pages, f"page faults per loop: {counts} of {pages} pages"
