@@ -578,8 +578,8 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     a.db = db_parts.data_ptr<T>();
     int64_t t1 = nT, t0 = std::max<int64_t>(0, nT - chunk);  // the chunk of step t
     // bf16 tensors widened a chunk at a time: the activations into the ring; with
-    // bf16.chunked dy's rows and the states t0..t1 (and cells) into buffers of one chunk.
-    const States& hb = bf16.chunked ? States(bf16.hs, bf16.h0, nT) : hs;
+    // bf16.chunked dy's rows and the states t0..t1 (hs: bf16's) and cells into buffers of
+    // one chunk.
     at::Tensor dy_chunk, h_chunk, c_chunk;
     if (bf16.chunked) {
       dy_chunk = at::empty({chunk, B, P}, opts);
@@ -594,11 +594,11 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       a.dy_pos0 = shape.reverse ? nT - t1 : t0;  // no lengths: every row at one position
       dy_chunk.narrow(0, 0, n).copy_(bf16.dy.narrow(0, a.dy_pos0, n));
       a.dy = dy_chunk.data_ptr<T>();
-      if (!hb.in_y) {
-        h_chunk.narrow(0, 0, n + 1).copy_(hb.saved.narrow(0, t0, n + 1));
+      if (!hs.in_y) {
+        h_chunk.narrow(0, 0, n + 1).copy_(hs.saved.narrow(0, t0, n + 1));
       } else {  // state t is h0 (t = 0) or y[t - 1]
-        h_chunk[0].copy_(t0 ? hb.saved[t0 - 1] : hb.h0);
-        h_chunk.narrow(0, 1, n).copy_(hb.saved.narrow(0, t0, n));
+        h_chunk[0].copy_(t0 ? hs.saved[t0 - 1] : hs.h0);
+        h_chunk.narrow(0, 1, n).copy_(hs.saved.narrow(0, t0, n));
       }
       if (lstm) c_chunk.narrow(0, 0, n + 1).copy_(bf16.cs.narrow(0, t0, n + 1));
     };
@@ -831,7 +831,7 @@ struct StepSums {
   // At the first chunk, not before: the loop's buffers may be gone by then. With lengths a
   // chunk may leave rows of dx out: they stay zero (and all of it without a step). dx has
   // x's dtype (bf16 sums write bf16 rows), the weight gradients opts'.
-  void allocate(const at::TensorOptions& opts, int64_t GH, int64_t I, int64_t P, bool steps) {
+  void allocate(int64_t GH, int64_t I, int64_t P, bool steps) {
     const bool zero = len || !steps;
     const auto dx_opts = opts.dtype(x2.scalar_type());
     dx = zero ? at::zeros({nT * B, I}, dx_opts) : at::empty({nT * B, I}, dx_opts);
@@ -847,7 +847,7 @@ struct StepSums {
   }
 
   void operator()(int64_t t0, int64_t t1, const at::Tensor& rows) {
-    if (!dx.defined()) allocate(opts, w_ih.size(0), x2.size(1), hs->h0.size(-1), true);
+    if (!dx.defined()) allocate(w_ih.size(0), x2.size(1), hs->h0.size(-1), true);
     SumRows r = sum_rows<T>(rows, x2, *hs, nT, B, reverse, len, t0, t1);
     // bf16 operands (backward_bf16): oneDNN's GEMMs of bf16 products, fp32 sums.
     const bool half = x2.scalar_type() == at::kBFloat16;
@@ -892,7 +892,7 @@ std::vector<at::Tensor> backward_impl(
   // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place; an
   // RNN (nothing saved but its states) writes them into a buffer of one chunk of steps, and
   // so do bf16 activations (bf16.acts, then saved[0]), widened into it chunk by chunk.
-  const bool ring = !act_count(mode) || bf16.acts.defined() || bf16.chunked;
+  const bool ring = !act_count(mode) || bf16.acts.defined();
   const int64_t chunk = proj ? std::max<int64_t>(nT, 1) : chunk_steps(nT, B, ring);
   const int64_t ld = act_count(mode) ? saved[0].size(2) : H;
   const at::Tensor da = ring ? at::empty({chunk, B, ld}, opts) : saved[0];
@@ -910,10 +910,11 @@ std::vector<at::Tensor> backward_impl(
   const StepShape shape{nT, B, H, P, 0, reverse, len};
   at::Tensor dh0, dc0;
   at::Tensor db_sums;  // [ld] the gate gradients summed over steps and rows, or undefined
-  std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, hs, cs, dy, dh_n, dc_n, da,
-                                        ring, chunk, dhs, db_sums, sums, bf16);
+  std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, bf16.chunked ? sum_states : hs,
+                                        cs, dy, dh_n, dc_n, da, ring, chunk, dhs, db_sums, sums,
+                                        bf16);
 
-  if (!nT) sums.allocate(opts, GH, I, P, false);
+  if (!nT) sums.allocate(GH, I, P, false);
   at::Tensor db_ih = none_like(x), db_hh = none_like(x);
   if (b_ih.defined()) {
     const at::Tensor d_sums = db_sums.defined() ? db_sums
