@@ -43,10 +43,23 @@ def _layer_runner(mode: str, x: torch.Tensor, w: LayerWeights):
                                     tuple(_weight_sizes(mode, w).items()))
         run = functools.partial(compiled_layer, name, mode)
     else:
-        sizes = dict(_weight_sizes(mode, w), batch=x.shape[1])
-        ops = backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
-        run = functools.partial(recurrence_layer, ops, mode)
+        run = functools.partial(recurrence_layer, _backend_ops(mode, x, w), mode)
     return functools.partial(headwise.run_heads, run) if headwise.is_headwise(w) else run
+
+
+def _backend_ops(mode: str, x: torch.Tensor, w: LayerWeights):
+    """The recurrence module of the backend selected for these sizes (eager)."""
+    sizes = dict(_weight_sizes(mode, w), batch=x.shape[1])
+    return backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
+
+
+def _cell_step(mode: str, x: torch.Tensor, w: LayerWeights):
+    """The selected backend's whole cell step (``cell_step``, its autograd in C++) where it
+    has one for x's dtype, else None."""
+    if torch.compiler.is_compiling() or headwise.is_headwise(w):
+        return None
+    ops = _backend_ops(mode, x, w)
+    return ops.cell_step if x.dtype in getattr(ops, "CELL_STEP_DTYPES", ()) else None
 
 
 def _check_weights(layers, x: torch.Tensor, mode: str) -> None:
@@ -287,7 +300,11 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
         if unbatched:
             parts = tuple(p.reshape(1, -1) for p in parts)
         h0, c0 = parts if mode == LSTM else (parts[0], None)
-    _, h, c = _layer_runner(mode, x, w)(False, x, h0, c0, w, None)
+    step = _cell_step(mode, x, w)
+    if step is not None:
+        h, c = step(mode, x[0], h0, c0, w)
+    else:
+        _, h, c = _layer_runner(mode, x, w)(False, x, h0, c0, w, None)
     if unbatched:
         h, c = h[0], (c[0] if c is not None else None)
     return (h, c) if mode == LSTM else h

@@ -65,3 +65,26 @@ def test_decoder_loop_of_cells_matches_torch(backend):
         hr, hf = ref(xs[t], hr), fused(xs[t], hf)
         assert_close(hf[0], hr[0], rtol=1e-7, atol=1e-9, name=f"h at step {t}")
         assert_close(hf[1], hr[1], rtol=1e-7, atol=1e-9, name=f"c at step {t}")
+
+
+@pytest.mark.parametrize("cell,which", [("lstm", 0), ("lstm", 1), ("gru", 0), ("rnn_tanh", 0)])
+def test_inplace_change_of_an_output_is_differentiated_or_refused(backend, cell, which):
+    """h' (or c') changed in place before backward: a backend that keeps it for its
+    backward must not read the changed values (a silent wrong gradient, found in review:
+    the cells returned views of their saved states). Either the change is differentiated
+    as its out-of-place twin, or autograd refuses it."""
+    torch_cls, fused_cls, kw = CELLS[cell]
+    fused = fused_cls(I, H, **kw).double()
+    x = randn(B, I, dtype=torch.float64, requires_grad=True)
+    twin, outs = (o if isinstance(o, tuple) else (o,) for o in (fused(x), fused(x)))
+    ups = [torch.randn_like(t) for t in outs]
+    want = torch.autograd.grad(
+        sum(((o * 2 if i == which else o) * u).sum() for i, (o, u) in enumerate(zip(twin, ups))),
+        x)[0]
+    try:
+        outs[which].mul_(2)
+        got = torch.autograd.grad(sum((o * u).sum() for o, u in zip(outs, ups)), x)[0]
+    except RuntimeError as e:
+        assert "inplace" in str(e) or "in-place" in str(e), e
+        return
+    assert_close(got, want, rtol=1e-7, atol=1e-9, name="d_input")

@@ -3,6 +3,8 @@
 //
 // Importing the Python module fused_rnn._C (an empty module) loads this library, and the
 // static initialisers of TORCH_LIBRARY register the ops.
+#include "recurrence_ops.h"
+
 #include "recurrence_checks.h"
 #include "schemas.h"
 
@@ -34,6 +36,8 @@ RecurrenceSizes check_common(int64_t mode, const Tensor& x, const Tensor& h0,
               " on the cpu backend, got ", x.scalar_type());
   return check_recurrence_args(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
 }
+
+}  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_forward(
     int64_t mode, bool reverse, const Tensor& x, const Tensor& h0, const optional<Tensor>& c0,
@@ -78,6 +82,8 @@ std::vector<Tensor> recurrence_backward(
                                   proj ? w_hr->contiguous() : Tensor(), saved.vec(), dy,
                                   get(dh_n), get(dc_n));
 }
+
+namespace {
 
 std::string capability() { return cpu::kernel_capability(); }
 bool bf16_pairs() { return cpu::bf16_pairs_fwd() != nullptr; }

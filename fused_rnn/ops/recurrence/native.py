@@ -102,6 +102,18 @@ def widening_half(_fwd, _bwd):
 _fwd, _bwd = widening_half(*extension_launchers("recurrence_forward", "recurrence_backward"))
 
 
+# The dtypes of cell_step; the cells' bf16 and fp16 steps go through the launchers (which round).
+CELL_STEP_DTYPES = (torch.float32, torch.float64)
+
+
+def cell_step(mode, x, h0, c0, w: LayerWeights):
+    """One step of a cell, its autograd in C++ (``csrc/bindings/cell_step.cpp``: a decoder's
+    Python Function cost more than its step). x [B, I]; h0 [B, H]; c0 [B, H] (LSTM) or None;
+    float32 or float64. Returns ``(h', c' or None)``."""
+    out = _ops.cell_step(MODES[mode], x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+    return out[0], (out[1] if mode == LSTM else None)
+
+
 def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
     """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
     in_output = not reverse and lengths is None and w.w_hr is None

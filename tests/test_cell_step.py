@@ -1,0 +1,110 @@
+"""The cpu backend's cells run one C++ op with its autograd in C++ (``torch.ops.fused_rnn.
+cell_step``): what the Python autograd Function guaranteed must hold there too (parity with
+torch.nn is tests/test_cells.py, on every backend)."""
+
+import pytest
+import torch
+
+import fused_rnn
+from fused_rnn import _native
+from fused_rnn.testing import assert_close, randn
+
+pytestmark = pytest.mark.skipif(_native.cpu_available() is not None,
+                                reason=f"the cpu backend is not built here: {_native.cpu_available()}")
+
+B, I, H = 3, 5, 7
+CELLS = {
+    "lstm": (torch.nn.LSTMCell, fused_rnn.LSTMCell),
+    "gru": (torch.nn.GRUCell, fused_rnn.GRUCell),
+    "rnn": (torch.nn.RNNCell, fused_rnn.RNNCell),
+}
+
+
+def _pair(cell, dtype=torch.float64, bias=True):
+    torch_cls, fused_cls = CELLS[cell]
+    ref = torch_cls(I, H, bias=bias).to(dtype)
+    fused = fused_cls(I, H, bias=bias).to(dtype)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def _hx(cell, dtype=torch.float64):
+    n = 2 if cell == "lstm" else 1
+    states = [randn(B, H, dtype=dtype, requires_grad=True) for _ in range(n)]
+    return states, (tuple(states) if cell == "lstm" else states[0])
+
+
+def _outs(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_cells_take_the_cpp_step(cell, dtype):
+    """fp32/fp64 cells on the cpu backend record the C++ node (not the Python Function)."""
+    _, fused = _pair(cell, dtype)
+    with fused_rnn.use_backend("cpu"):
+        out = _outs(fused(randn(B, I, dtype=dtype, requires_grad=True)))
+    assert "CellStep" in out[0].grad_fn.name(), out[0].grad_fn.name()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_float64(cell, bias):
+    _, fused = _pair(cell, bias=bias)
+    x = randn(B, I, dtype=torch.float64, requires_grad=True)
+    states, _ = _hx(cell)
+    params = list(fused.parameters())
+
+    def f(x, *rest):
+        s = rest[:len(states)]
+        with torch.nn.utils.stateless._reparametrize_module(
+                fused, dict(zip([n for n, _ in fused.named_parameters()], rest[len(states):]))):
+            return _outs(fused(x, tuple(s) if cell == "lstm" else s[0]))
+
+    with fused_rnn.use_backend("cpu"):
+        assert torch.autograd.gradcheck(f, (x, *states, *params), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_second_backward_through_a_retained_graph_gives_the_same_gradients(cell):
+    """The step's backward writes over its saved activations; a retained graph's second
+    backward must recompute them, not read gate gradients as activations."""
+    _, fused = _pair(cell)
+    x = randn(B, I, dtype=torch.float64, requires_grad=True)
+    states, hx = _hx(cell)
+    with fused_rnn.use_backend("cpu"):
+        outs = _outs(fused(x, hx))
+    loss = sum((o * torch.randn_like(o)).sum() for o in outs)
+    leaves = [x, *states, *fused.parameters()]
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    for a, e in zip(second, first):
+        assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_create_graph_gives_first_gradients_and_refuses_the_second(cell):
+    """create_graph=True: the first gradients are torch.nn's; differentiating them raises
+    (the backward is not differentiable), never a silently missing term."""
+    ref, fused = _pair(cell)
+    x = randn(B, I, dtype=torch.float64, requires_grad=True)
+    states, hx = _hx(cell)
+    grads = {}
+    with fused_rnn.use_backend("cpu"):
+        for name, m in (("torch", ref), ("fused", fused)):
+            loss = sum((o * o).sum() for o in _outs(m(x, hx)))
+            grads[name] = torch.autograd.grad(loss, [x, *states], create_graph=True)
+    for a, e in zip(grads["fused"], grads["torch"]):
+        assert_close(a, e, rtol=1e-7, atol=1e-9, name="first gradient")
+    assert grads["fused"][0].requires_grad
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grads["fused"][0].sum().backward()
+
+
+def test_no_grad_step_records_nothing():
+    _, fused = _pair("lstm")
+    x = randn(B, I, dtype=torch.float64, requires_grad=True)
+    with fused_rnn.use_backend("cpu"), torch.no_grad():
+        h, c = fused(x)
+    assert h.grad_fn is None and c.grad_fn is None and not h.requires_grad
