@@ -43,23 +43,33 @@ def _layer_runner(mode: str, x: torch.Tensor, w: LayerWeights):
                                     tuple(_weight_sizes(mode, w).items()))
         run = functools.partial(compiled_layer, name, mode)
     else:
-        run = functools.partial(recurrence_layer, _backend_ops(mode, x, w), mode)
+        run = functools.partial(recurrence_layer, _backend_ops(mode, x, w, x.shape[1]), mode)
     return functools.partial(headwise.run_heads, run) if headwise.is_headwise(w) else run
 
 
-def _backend_ops(mode: str, x: torch.Tensor, w: LayerWeights):
+def _backend_ops(mode: str, x: torch.Tensor, w: LayerWeights, batch: int):
     """The recurrence module of the backend selected for these sizes (eager)."""
-    sizes = dict(_weight_sizes(mode, w), batch=x.shape[1])
+    sizes = dict(_weight_sizes(mode, w), batch=batch)
     return backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
 
 
 def _cell_step(mode: str, x: torch.Tensor, w: LayerWeights):
     """The selected backend's whole cell step (``cell_step``, its autograd in C++) where it
-    has one for x's dtype, else None."""
+    has one for x's dtype, else None. x [B, I]."""
     if torch.compiler.is_compiling() or headwise.is_headwise(w):
         return None
-    ops = _backend_ops(mode, x, w)
+    ops = _backend_ops(mode, x, w, x.shape[0])
     return ops.cell_step if x.dtype in getattr(ops, "CELL_STEP_DTYPES", ()) else None
+
+
+def cell_on_backend(mode: str, x: torch.Tensor, h0, c0, w: LayerWeights):
+    """One step of checked arguments, x [B, I]: ``(h', c' or None)`` from the selected
+    backend's ``cell_step`` (its autograd in C++) where it has one, else its layer for T=1."""
+    step = _cell_step(mode, x, w)
+    if step is not None:
+        return step(mode, x, h0, c0, w)
+    x = x.unsqueeze(0)
+    return _layer_runner(mode, x, w)(False, x, h0, c0, w, None)[1:]
 
 
 def _check_weights(layers, x: torch.Tensor, mode: str) -> None:
@@ -280,12 +290,12 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
         raise ValueError(f"{mode} cell: input must be 1-D [input_size] or 2-D [batch, "
                          f"input_size], got shape {shape_str(input.shape)}")
     unbatched = input.dim() == 1
-    x = input.reshape(1, 1, -1) if unbatched else input.unsqueeze(0)
+    x = input.reshape(1, -1) if unbatched else input  # [B, I]
     # One layer, one step, straight to the layer runner: the multi-layer path's splitting,
     # stacking and second round of checks cost a decoder ~60 us per call (more than the step).
     w = LayerWeights(w_ih, w_hh, b_ih, b_hh, None)
     _check_weights([[w]], x, mode)
-    B, H = x.shape[1], w_hh.shape[1]
+    B, H = x.shape[0], w_hh.shape[1]
     if hx is None:
         h0, c0 = x.new_zeros(B, H), (x.new_zeros(B, H) if mode == LSTM else None)
     else:
@@ -300,11 +310,7 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
         if unbatched:
             parts = tuple(p.reshape(1, -1) for p in parts)
         h0, c0 = parts if mode == LSTM else (parts[0], None)
-    step = _cell_step(mode, x, w)
-    if step is not None:
-        h, c = step(mode, x[0], h0, c0, w)
-    else:
-        _, h, c = _layer_runner(mode, x, w)(False, x, h0, c0, w, None)
+    h, c = cell_on_backend(mode, x, h0, c0, w)
     if unbatched:
         h, c = h[0], (c[0] if c is not None else None)
     return (h, c) if mode == LSTM else h

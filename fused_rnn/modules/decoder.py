@@ -157,11 +157,11 @@ class AttentionDecoderCell(nn.Module):
         context = context.squeeze(1)
         cell = self.cell
         check_like("input", input, "cell.weight_ih", cell.weight_ih)
-        x = torch.cat([input, context], -1).unsqueeze(0)
+        x = torch.cat([input, context], -1)
         w = LayerWeights(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, None)
         mode = LSTM if self.cell_type == "lstm" else GRU
         h0, c0 = state if mode == LSTM else (state, None)
-        _, h1, c1 = F._layer_runner(mode, x, w)(False, x, h0, c0, w, None)
+        h1, c1 = F.cell_on_backend(mode, x, h0, c0, w)
         return ((h1, c1) if mode == LSTM else h1), context, (
             None if weights is None else weights.squeeze(1))
 
