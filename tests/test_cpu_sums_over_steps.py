@@ -38,3 +38,20 @@ def test_every_gradient_matches_reference(mode, reverse, lengths, I):
     w = LayerWeights(mk(G * H, I), mk(G * H, H), mk(G * H), mk(G * H), None)
     lens = random_lengths(B, steps) if lengths else None
     per_layer.check_against_reference("cpu", mode, reverse, x, h0, c0, w, lens, tol=(1e-10, 1e-10))
+
+
+@pytest.mark.parametrize("mode", [LSTM, GRU])
+def test_pooled_weight_gradients_are_written_not_added_to(mode):
+    """Weight-gradient blocks of 32 MiB and more come back from a pool (csrc/cpu/
+    gradient_pool.cpp) holding the last backward's numbers, where fresh memory from the
+    kernel is zero: the second backward must match the reference as the first did."""
+    torch.manual_seed(0)
+    G, I, Hb = GATES[mode], 512, 1024 if mode == LSTM else 1366  # G*H*(I+H)*8 bytes >= 32 MiB
+    x = randn(3, 2, I, dtype=DT, requires_grad=True)
+    h0 = randn(2, Hb, dtype=DT, requires_grad=True)
+    c0 = randn(2, Hb, dtype=DT, requires_grad=True) if mode == LSTM else None
+    mk = lambda *s: randn(*s, dtype=DT, requires_grad=True, scale=0.05)  # noqa: E731
+    w = LayerWeights(mk(G * Hb, I), mk(G * Hb, Hb), mk(G * Hb), mk(G * Hb), None)
+    assert G * Hb * (I + Hb) * 8 >= 32 << 20
+    for _ in range(2):
+        per_layer.check_against_reference("cpu", mode, False, x, h0, c0, w, None, tol=(1e-10, 1e-10))

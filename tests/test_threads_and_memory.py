@@ -101,10 +101,11 @@ def test_cpu_weight_gradients_of_a_call_are_one_block():
 
 
 _FAULTS = """
-import resource, torch, fused_rnn
+import resource, sys, torch, fused_rnn
 torch.set_num_threads(1)
-fused = fused_rnn.LSTMCell(512, 512)
-x = torch.randn(16, 512, requires_grad=True)
+B, H = int(sys.argv[1]), int(sys.argv[2])
+fused = fused_rnn.LSTMCell(H, H)
+x = torch.randn(B, H, requires_grad=True)
 
 def loop():
     state, outs = None, []
@@ -127,16 +128,43 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts glibc's page faults")
 @pytest.mark.skipif("cpu" not in fused_rnn.available_backends(), reason="the cpu backend is not built")
-def test_cpu_cell_training_loop_does_not_fault_its_weight_gradients_back_in():
+@pytest.mark.parametrize("B,H", [(16, 512), (1, 1024)])
+def test_cpu_cell_training_loop_does_not_fault_its_weight_gradients_back_in(B, H):
     # Fresh processes: what was freed before sets glibc's thresholds, and the counts vary
-    # with the heap's layout (0.4k-3.5k per loop here), so the median of three. The loop's 10
-    # calls write 10 x 8 MiB of weight gradients (20,480 pages); as two blocks they faulted
-    # 4.5k-12.4k pages per loop (median 7.5k), as torch.nn's LSTMCell 1.3k-4.6k.
-    pages = 10 * 2 * (4 * 512 * 512 * 4) // os.sysconf("SC_PAGE_SIZE")
+    # with the heap's layout, so the median of three. The loop's 10 calls write 10 blocks of
+    # weight gradients (H=512: 8 MiB each, 20,480 pages in all; H=1024: 32 MiB, 81,920).
+    # H=512 as two blocks faulted 4.5k-12.4k pages per loop (median 7.5k), as one block
+    # 0.4k-3.5k, torch.nn's LSTMCell 1.3k-4.6k. H=1024 as one block (above glibc's largest
+    # mmap threshold, so mapped per call) 65k-90k, as two 7k-69k, pooled 3.7k-6.5k,
+    # torch.nn 15k-20k.
+    pages = 10 * 2 * (4 * H * H * 4) // os.sysconf("SC_PAGE_SIZE")
     counts = []
     for _ in range(3):
-        r = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True,
-                           timeout=300)
+        r = subprocess.run([sys.executable, "-c", _FAULTS, str(B), str(H)], capture_output=True,
+                           text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         counts.append(float(r.stdout.split()[-1]))
     assert sorted(counts)[1] < 0.25 * pages, f"page faults per loop: {counts} of {pages} pages"
+
+
+@pytest.mark.skipif("cpu" not in fused_rnn.available_backends(), reason="the cpu backend is not built")
+def test_pooled_weight_gradients_count_in_the_profilers_memory():
+    """Blocks from csrc/cpu/gradient_pool.cpp bypass ATen's allocator: the profiler (and
+    so benchmarks/measure.py's peak) must still see them allocated and freed."""
+    from benchmarks.measure import peak_mib
+
+    H = 1024  # dW_ih and dW_hh: 32 MiB, pooled
+    m = fused_rnn.LSTMCell(H, H)
+    x = torch.randn(1, H, requires_grad=True)
+
+    def step():
+        h, c = m(x)
+        (h.sum() + c.sum()).backward()
+        for p in m.parameters():
+            p.grad = None
+
+    with fused_rnn.use_backend("cpu"):
+        step()
+        peak = peak_mib(step, torch.device("cpu"))
+    assert peak >= 32, f"peak {peak:.1f} MiB: the 32 MiB gradient block is not seen"
+    assert peak < 40, f"peak {peak:.1f} MiB"

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "gradient_pool.h"
 #include "kernels.h"
 #include "step_gemm.h"
 
@@ -840,8 +841,14 @@ struct StepSums {
     // and are handed back to the kernel, to fault in anew at the next call: a loop of
     // LSTMCell calls (B=16, I=H=512, 10 steps + backward) took 1.5x torch.nn's time, whose
     // two GEMMs return one weight gradient at a time. One block raises the thresholds to
-    // its own size and stays.
-    const at::Tensor both = steps ? at::empty({GH * (I + P)}, opts) : at::zeros({GH * (I + P)}, opts);
+    // its own size and stays; above glibc's largest threshold it would be mapped anew at
+    // every call (LSTMCell B=64 I=H=1024, 32 MiB: 1.2-1.3x torch.nn's loop): those blocks
+    // are pooled (gradient_pool.h).
+    const int64_t numel = GH * (I + P);
+    at::Tensor both = numel * int64_t(opts.dtype().itemsize()) >= kPooledBytes
+                          ? pooled_empty(numel, opts)
+                          : at::empty({numel}, opts);
+    if (!steps) both.zero_();
     dw_ih = both.narrow(0, 0, GH * I).view({GH, I});
     dw_hh = both.narrow(0, GH * I, GH * P).view({GH, P});
   }
