@@ -43,8 +43,21 @@ def _layer_runner(mode: str, x: torch.Tensor, w: LayerWeights):
                                     tuple(_weight_sizes(mode, w).items()))
         run = functools.partial(compiled_layer, name, mode)
     else:
-        run = functools.partial(recurrence_layer, _backend_ops(mode, x, w, x.shape[1]), mode)
+        ops = _backend_ops(mode, x, w, x.shape[1])
+        run = functools.partial(recurrence_layer, ops, mode)
+        if (x.shape[0] == 1 and x.dtype in getattr(ops, "CELL_STEP_DTYPES", ())
+                and w.w_hr is None and not headwise.is_headwise(w)):
+            run = functools.partial(_one_step_layer, ops, mode, run)
     return functools.partial(headwise.run_heads, run) if headwise.is_headwise(w) else run
+
+
+def _one_step_layer(ops, mode, run, reverse, x, h0, c0, w, lengths):
+    """A layer over one step (a decoder calling ``nn.GRU`` step by step) as the backend's
+    C++ cell step; either direction is that step. With lengths: ``run``, the layer."""
+    if lengths is not None:
+        return run(reverse, x, h0, c0, w, lengths)
+    h, c = ops.cell_step(mode, x[0], h0, c0, w)
+    return h.unsqueeze(0), h, c
 
 
 def _backend_ops(mode: str, x: torch.Tensor, w: LayerWeights, batch: int):

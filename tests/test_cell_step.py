@@ -108,3 +108,48 @@ def test_no_grad_step_records_nothing():
     with fused_rnn.use_backend("cpu"), torch.no_grad():
         h, c = fused(x)
     assert h.grad_fn is None and c.grad_fn is None and not h.requires_grad
+
+
+MODULES = {"lstm": (torch.nn.LSTM, fused_rnn.LSTM), "gru": (torch.nn.GRU, fused_rnn.GRU),
+           "rnn": (torch.nn.RNN, fused_rnn.RNN)}
+
+
+@pytest.mark.parametrize("cell", MODULES)
+@pytest.mark.parametrize("layers,bidirectional,batch_first",
+                         [(1, False, True), (2, True, False), (2, False, True)])
+def test_one_step_modules_take_the_cpp_step_and_match_torch(cell, layers, bidirectional,
+                                                            batch_first):
+    """``nn.GRU`` called a step at a time (the seq2seq decoder of PyTorch's tutorial): one
+    step per layer and direction through the C++ step, outputs and gradients torch.nn's."""
+    torch_cls, fused_cls = MODULES[cell]
+    kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+    ref = torch_cls(I, H, **kw).double()
+    fused = fused_cls(I, H, **kw).double()
+    fused.load_state_dict(ref.state_dict())
+    x = randn(*((B, 1) if batch_first else (1, B)), I, dtype=torch.float64, requires_grad=True)
+    n = layers * (2 if bidirectional else 1)
+    states = [randn(n, B, H, dtype=torch.float64, requires_grad=True)
+              for _ in range(2 if cell == "lstm" else 1)]
+    hx = tuple(states) if cell == "lstm" else states[0]
+    outs = {}
+    with fused_rnn.use_backend("cpu"):
+        for name, m in (("torch", ref), ("fused", fused)):
+            y, st = m(x, hx)
+            outs[name] = (y, *(st if cell == "lstm" else (st,)))
+    assert any("CellStep" in f.name() for f in _graph_nodes(outs["fused"][0].grad_fn))
+    ups = [torch.randn_like(t) for t in outs["torch"]]
+    leaves = [x, *states, *ref.parameters()], [x, *states, *fused.parameters()]
+    for (name, o), lv in zip(outs.items(), leaves):
+        outs[name] = (o, torch.autograd.grad(sum((a * u).sum() for a, u in zip(o, ups)), lv))
+    for a, e in zip([*outs["fused"][0], *outs["fused"][1]], [*outs["torch"][0], *outs["torch"][1]]):
+        assert_close(a, e, rtol=1e-7, atol=1e-9, name=cell)
+
+
+def _graph_nodes(fn, seen=None):
+    seen = set() if seen is None else seen
+    if fn is None or fn in seen:
+        return seen
+    seen.add(fn)
+    for nxt, _ in fn.next_functions:
+        _graph_nodes(nxt, seen)
+    return seen
