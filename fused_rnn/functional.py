@@ -45,18 +45,18 @@ def _layer_runner(mode: str, x: torch.Tensor, w: LayerWeights):
     else:
         ops = _backend_ops(mode, x, w, x.shape[1])
         run = functools.partial(recurrence_layer, ops, mode)
-        if (x.shape[0] == 1 and x.dtype in getattr(ops, "CELL_STEP_DTYPES", ())
-                and w.w_hr is None and not headwise.is_headwise(w)):
-            run = functools.partial(_one_step_layer, ops, mode, run)
+        step = _step_of(ops, x, w) if x.shape[0] == 1 else None
+        if step is not None:
+            run = functools.partial(_one_step_layer, step, mode, run)
     return functools.partial(headwise.run_heads, run) if headwise.is_headwise(w) else run
 
 
-def _one_step_layer(ops, mode, run, reverse, x, h0, c0, w, lengths):
+def _one_step_layer(step, mode, run, reverse, x, h0, c0, w, lengths):
     """A layer over one step (a decoder calling ``nn.GRU`` step by step) as the backend's
-    C++ cell step; either direction is that step. With lengths: ``run``, the layer."""
+    C++ cell ``step``; either direction is that step. With lengths: ``run``, the layer."""
     if lengths is not None:
         return run(reverse, x, h0, c0, w, lengths)
-    h, c = ops.cell_step(mode, x[0], h0, c0, w)
+    h, c = step(mode, x[0], h0, c0, w)
     return h.unsqueeze(0), h, c
 
 
@@ -66,13 +66,20 @@ def _backend_ops(mode: str, x: torch.Tensor, w: LayerWeights, batch: int):
     return backends.select(backends.OpCall("recurrence", x.device, x.dtype, sizes)).ops("recurrence")
 
 
+def _step_of(ops, x: torch.Tensor, w: LayerWeights):
+    """The backend module's whole cell step (``cell_step``, its autograd in C++) where it
+    has one for x's dtype and these weights (no projection, not headwise), else None."""
+    if (x.dtype in getattr(ops, "CELL_STEP_DTYPES", ()) and w.w_hr is None
+            and not headwise.is_headwise(w)):
+        return ops.cell_step
+    return None
+
+
 def _cell_step(mode: str, x: torch.Tensor, w: LayerWeights):
-    """The selected backend's whole cell step (``cell_step``, its autograd in C++) where it
-    has one for x's dtype, else None. x [B, I]."""
-    if torch.compiler.is_compiling() or headwise.is_headwise(w):
+    """:func:`_step_of` the backend selected for x [B, I] (eager), else None."""
+    if torch.compiler.is_compiling():
         return None
-    ops = _backend_ops(mode, x, w, x.shape[0])
-    return ops.cell_step if x.dtype in getattr(ops, "CELL_STEP_DTYPES", ()) else None
+    return _step_of(_backend_ops(mode, x, w, x.shape[0]), x, w)
 
 
 def cell_on_backend(mode: str, x: torch.Tensor, h0, c0, w: LayerWeights):
@@ -304,7 +311,7 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
                          f"input_size], got shape {shape_str(input.shape)}")
     unbatched = input.dim() == 1
     x = input.reshape(1, -1) if unbatched else input  # [B, I]
-    # One layer, one step, straight to the layer runner: the multi-layer path's splitting,
+    # One layer, one step, straight to the backend's step: the multi-layer path's splitting,
     # stacking and second round of checks cost a decoder ~60 us per call (more than the step).
     w = LayerWeights(w_ih, w_hh, b_ih, b_hh, None)
     _check_weights([[w]], x, mode)

@@ -38,8 +38,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> run_forward(
                             w_hh, opt(b_ih), opt(b_hh), c10::nullopt, need_saved);
 }
 
-// The forward saves its inputs, then the tensors recurrence_forward saves. besides its inputs: index of the first saved tensor.
-constexpr size_t kInputs = 7;  // x, h0, c0, w_ih, w_hh, b_ih, b_hh
+// The forward saves its inputs (x, h0, c0, w_ih, w_hh, b_ih, b_hh), then the tensors
+// recurrence_forward saves.
+constexpr size_t kInputs = 7;
 
 class CellStep : public torch::autograd::Function<CellStep> {
  public:
