@@ -185,9 +185,15 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
+        info = {}
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        if "model name" in info:
+            # A VM may name only the brand ("AMD EPYC"): the family and model tell the
+            # generations apart (AMD 25: Zen 3/4, 26: Zen 5), whose rates differ twofold.
+            ids = [f"{k.split()[-1]} {info[k]}" for k in ("cpu family", "model") if k in info]
+            return info["model name"] + (f" ({', '.join(ids)})" if ids else "")
     except OSError:
         pass
     return platform.processor() or platform.machine()
