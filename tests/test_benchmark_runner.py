@@ -144,3 +144,15 @@ def test_a_training_run_leaves_no_gradients_so_its_peak_is_the_same_each_time():
         dx_mib = w.x.numel() * w.x.element_size() / 2**20
         # dx is allocated in the run and counted, never offset by an earlier free.
         assert peaks[0] == peaks[1] == peaks[2] and peaks[0] >= dx_mib, peaks
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/cpuinfo").exists(), reason="reads /proc/cpuinfo")
+def test_a_cpus_name_carries_its_family_and_model_where_cpuinfo_has_them():
+    """A VM may call a Zen 4 and a Zen 5 host both "AMD EPYC"; their rates differ twofold,
+    so results (and the README's tables, keyed by this name) must tell them apart."""
+    info = pathlib.Path("/proc/cpuinfo").read_text()
+    name = run._device_name(torch.device("cpu"))
+    for key in ("cpu family", "model"):
+        line = next((ln for ln in info.splitlines() if ln.split(":")[0].strip() == key), None)
+        if line is not None:
+            assert f"{key.split()[-1]} {line.split(':', 1)[1].strip()}" in name, name
