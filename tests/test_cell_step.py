@@ -58,9 +58,9 @@ def test_gradcheck_float64(cell, bias):
 
     def f(x, *rest):
         s = rest[:len(states)]
-        with torch.nn.utils.stateless._reparametrize_module(
-                fused, dict(zip([n for n, _ in fused.named_parameters()], rest[len(states):]))):
-            return _outs(fused(x, tuple(s) if cell == "lstm" else s[0]))
+        weights = dict(zip([n for n, _ in fused.named_parameters()], rest[len(states):]))
+        return _outs(torch.func.functional_call(fused, weights,
+                                                (x, tuple(s) if cell == "lstm" else s[0])))
 
     with fused_rnn.use_backend("cpu"):
         assert torch.autograd.gradcheck(f, (x, *states, *params), eps=1e-6, atol=1e-7)
