@@ -15,6 +15,7 @@ namespace cpu {
 namespace {
 
 constexpr size_t kKeep = 2;
+constexpr size_t kPooledBytes = size_t(32) << 20;
 
 struct Pool {
   std::mutex mu;
@@ -73,8 +74,9 @@ void give_back(void* ptr, size_t bytes) {
 
 }  // namespace
 
-at::Tensor pooled_empty(int64_t numel, const at::TensorOptions& opts) {
+at::Tensor gradient_block(int64_t numel, const at::TensorOptions& opts) {
   const size_t bytes = static_cast<size_t>(numel) * opts.dtype().itemsize();
+  if (bytes < kPooledBytes) return at::empty({numel}, opts);
   void* ptr = take(bytes);
   return at::from_blob(
       ptr, {numel}, [bytes](void* q) { give_back(q, bytes); }, opts.device(at::kCPU));

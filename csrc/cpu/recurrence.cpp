@@ -844,10 +844,7 @@ struct StepSums {
     // its own size and stays; above glibc's largest threshold it would be mapped anew at
     // every call (LSTMCell B=64 I=H=1024, 32 MiB: 1.2-1.3x torch.nn's loop): those blocks
     // are pooled (gradient_pool.h).
-    const int64_t numel = GH * (I + P);
-    at::Tensor both = numel * int64_t(opts.dtype().itemsize()) >= kPooledBytes
-                          ? pooled_empty(numel, opts)
-                          : at::empty({numel}, opts);
+    at::Tensor both = gradient_block(GH * (I + P), opts);
     if (!steps) both.zero_();
     dw_ih = both.narrow(0, 0, GH * I).view({GH, I});
     dw_hh = both.narrow(0, GH * I, GH * P).view({GH, P});
