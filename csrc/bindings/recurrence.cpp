@@ -43,12 +43,14 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> recurrence_forward(
     int64_t mode, bool reverse, const Tensor& x, const Tensor& h0, const optional<Tensor>& c0,
     const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
-    bool need_saved) {
+    int64_t saves) {
   check_common(mode, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, /*bf16=*/true);
+  TORCH_CHECK(saves >= cpu::kSaveNothing && saves <= cpu::kSaveStates,
+              "fused_rnn: saves must be 0 (nothing), 1 (all) or 2 (the states), got ", saves);
   return cpu::recurrence_forward(mode, reverse, x, h0, get(c0), get(lengths), w_ih.contiguous(),
                                  w_hh.contiguous(), get(b_ih), get(b_hh),
                                  w_hr.has_value() && w_hr->defined() ? w_hr->contiguous() : Tensor(),
-                                 need_saved);
+                                 saves);
 }
 
 std::vector<Tensor> recurrence_backward(
@@ -65,7 +67,11 @@ std::vector<Tensor> recurrence_backward(
               " tensors recurrence_forward returned for ", mode_name(mode), ", got ", saved.size());
   size_t n = 0;
   if (cpu::act_count(mode)) {
-    check_like_x("saved[acts]", saved[n++], x, {s.T, s.B, cpu::act_count(mode) * s.H});
+    // [0, B, 4H]: not kept, recomputed (kSaveStates; fp32/fp64 without a projection).
+    const bool recomputed = saved[n].size(0) == 0 && s.T > 0 && !proj &&
+                            x.scalar_type() != at::kBFloat16;
+    check_like_x("saved[acts]", saved[n++], x,
+                 {recomputed ? 0 : s.T, s.B, cpu::act_count(mode) * s.H});
   }
   // Forward in time without lengths or projection, the states are saved as the output y.
   const bool states_in_y = !reverse && !(lengths.has_value() && lengths->defined()) && !proj;

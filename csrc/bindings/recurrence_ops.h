@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurren
     const c10::optional<at::Tensor>& c0, const c10::optional<at::Tensor>& lengths,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
-    bool need_saved);
+    int64_t saves);
 
 // torch.ops.fused_rnn.recurrence_backward: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr).
 std::vector<at::Tensor> recurrence_backward(

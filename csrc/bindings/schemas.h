@@ -8,7 +8,7 @@ namespace schema {
 
 constexpr const char* kRecurrenceForward =
     "(int mode, bool reverse, Tensor x, Tensor h0, Tensor? c0, Tensor? lengths, Tensor w_ih, "
-    "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool need_saved) "
+    "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, int saves) "
     "-> (Tensor, Tensor, Tensor, Tensor[])";
 constexpr const char* kRecurrenceBackward =
     "(int mode, bool reverse, Tensor x, Tensor h0, Tensor? c0, Tensor? lengths, Tensor w_ih, "

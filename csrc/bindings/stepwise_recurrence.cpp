@@ -243,8 +243,10 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> forward(
     int64_t mode, bool reverse, const Tensor& x_, const Tensor& h0, const optional<Tensor>& c0,
     const optional<Tensor>& lengths, const Tensor& w_ih, const Tensor& w_hh,
     const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, const optional<Tensor>& w_hr,
-    bool need_saved) {
+    int64_t saves) {
   check_device(x_, "x");
+  // Anything saved is everything: these kernels never recompute the activations.
+  const bool need_saved = saves != 0;
   check_recurrence_args(mode, x_, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr);
   return with_layer_runner<HostPoints, FUSED_RNN_CUDA_RUNNER(CudaPoints)>(
       x_, lengths, [&](auto t, auto a, const auto& points, const Tensor& x, const Tensor& len,

@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <type_traits>
 #include <mutex>
 #include <utility>
@@ -325,13 +327,34 @@ at::Tensor times_transposed(const at::Tensor& x, const at::Tensor& w) {
   return out;
 }
 
+// Both biases folded into one vector, added in the fused pass (GRU keeps b_hn apart,
+// inside the reset product). An addmm would broadcast the bias over all T*B rows first.
+// A plain loop: three tensor ops cost a decoder's step ~10 us.
+struct FoldedBias {
+  at::Tensor bias, b_hn;  // [G*H], GRU's [H]; undefined without biases
+};
+
+template <typename T>
+FoldedBias fold_biases(const at::Tensor& b_ih, const at::Tensor& b_hh, bool gru, int64_t H) {
+  FoldedBias f;
+  if (!b_ih.defined()) return f;
+  const at::Tensor bi = b_ih.contiguous(), bh = b_hh.contiguous();
+  const int64_t GH = bi.size(0), folded = gru ? 2 * H : GH;
+  f.bias = at::empty({GH}, bi.options());
+  const T *pi = bi.data_ptr<T>(), *ph = bh.data_ptr<T>();
+  T* const pb = f.bias.data_ptr<T>();
+  for (int64_t i = 0; i < GH; ++i) pb[i] = i < folded ? pi[i] + ph[i] : pi[i];
+  if (gru) f.b_hn = bh.narrow(0, 2 * H, H);
+  return f;
+}
+
 // ---------------------------------------------------------------- forward
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_impl(
     int64_t mode, bool reverse, const at::Tensor& x_, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths_, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, int64_t saves,
     const at::Tensor& h0_bf16 = at::Tensor()) {
   const int64_t nT = x_.size(0), B = x_.size(1), I = x_.size(2);
   const int64_t G = gate_count(mode), GH = w_ih.size(0), H = GH / G;
@@ -342,24 +365,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   // are bf16, the rest T.
   const bool pairs = h0_bf16.defined();
   const FwdPairsFn pairs_fwd = pairs ? bf16_pairs_fwd() : nullptr;
+  const bool need_saved = saves != kSaveNothing;
+  // kSaveStates: backward recomputes the activations (ActsRecompute) from the states; with
+  // the pair GEMM or a projection it could not reproduce them, so they are kept.
+  const bool acts_recomputed = saves == kSaveStates && !pairs && !proj;
   const auto opts = h0.options();
   const at::Tensor x = x_.contiguous();
   const at::Tensor lengths = lengths_.defined() ? lengths_.contiguous() : lengths_;
   const int64_t* len = ptr<int64_t>(lengths);
 
-  // Both biases folded into one vector, added in the fused pass (GRU keeps b_hn apart,
-  // inside the reset product). An addmm would broadcast the bias over all T*B rows first.
-  // A plain loop: three tensor ops cost a decoder's step ~10 us.
-  at::Tensor bias, b_hn;
-  if (b_ih.defined()) {
-    const at::Tensor bi = b_ih.contiguous(), bh = b_hh.contiguous();
-    bias = at::empty({GH}, opts);
-    const T *pi = bi.data_ptr<T>(), *ph = bh.data_ptr<T>();
-    T* const pb = bias.data_ptr<T>();
-    const int64_t folded = gru ? 2 * H : GH;
-    for (int64_t i = 0; i < GH; ++i) pb[i] = i < folded ? pi[i] + ph[i] : pi[i];
-    if (gru) b_hn = bh.narrow(0, 2 * H, H);
-  }
+  const FoldedBias bias = fold_biases<T>(b_ih, b_hh, gru, H);
   // Forward in time, no lengths, no projection: the output is the state sequence itself
   // (y[t] = h_{t+1}), so the states live in y and backward reads them from y and h0; one
   // [T, B, P] buffer fewer.
@@ -382,8 +397,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   }
   const int64_t A = act_count(mode);
   // With the pair GEMM the activations are saved as bf16, as the caller keeps them.
-  const at::Tensor acts =
-      need_saved && A ? at::empty({nT, B, A * H}, pairs ? x_.options() : opts) : at::Tensor();
+  const at::Tensor acts = need_saved && A ? at::empty({acts_recomputed ? 0 : nT, B, A * H},
+                                                     pairs ? x_.options() : opts)
+                                          : at::Tensor();
   const at::Tensor ypre = proj ? at::empty({need_saved ? nT : 1, B, H}, opts) : at::Tensor();
   at::Tensor y = at::empty({nT, B, P}, opts);
   const Kernels<T>& k = kernels<T>();
@@ -436,14 +452,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     a.I = I;
     a.gi = ptr<T>(gi);
     a.gh = ptr<T>(gh);
-    a.bias = ptr<T>(bias);
-    a.b_hn = ptr<T>(b_hn);
+    a.bias = ptr<T>(bias.bias);
+    a.b_hn = ptr<T>(bias.b_hn);
     a.h_prev = h_prev;
     a.h_new = proj ? slot<T>(ypre, yp_slot) : h_next;
     a.c_prev = !lstm ? nullptr : t == 0 && !initial_in_slot ? c0c.data_ptr<T>() : slot<T>(cs, sp);
     a.c_new = lstm ? slot<T>(cs, sn) : nullptr;
     a.y = proj || states_in_y ? nullptr : y.data_ptr<T>();
-    a.acts = acts.defined() && !pairs ? slot<T>(acts, t) : nullptr;
+    a.acts = acts.defined() && !pairs && !acts_recomputed ? slot<T>(acts, t) : nullptr;
     if (pairs && acts.defined()) {
       a.acts_bf16 = reinterpret_cast<uint16_t*>(acts.data_ptr()) + t * B * A * H;
     }
@@ -523,9 +539,62 @@ struct Bf16Saved {
   bool chunked = false;
 };
 
+// The activations of a forward that kept only its states (kSaveStates), recomputed a chunk
+// of steps at a time into the reverse loop's ring, by the forward's own step kernel from
+// the saved states: the same tiles and sums, so the same numbers. Costs the forward's GEMM
+// work again; keeps [T, B, 4H] activations out of memory between forward and backward.
+template <typename T>
+struct ActsRecompute {
+  int64_t mode;
+  StepShape shape;
+  at::Tensor x, w_packed;  // x [T, B, I]; [W_ih | W_hh] packed as the forward's panels
+  FoldedBias bias;
+  const States* hs;
+  at::Tensor cs;                 // LSTM's cells [T+1, B, H]
+  at::Tensor h_scratch, c_scratch;  // the new states, not needed again
+  TilePlan plan;
+  ActivePrefix active;
+
+  ActsRecompute(int64_t mode_, const StepShape& s, const at::Tensor& x_, const at::Tensor& w_ih,
+                const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
+                const States& hs_, const at::Tensor& cs_)
+      : mode(mode_), shape(s), x(x_), bias(fold_biases<T>(b_ih, b_hh, mode_ == kGRU, s.H)),
+        hs(&hs_), cs(cs_), plan(kernels<T>().fwd_plan(mode_, s.B, s.H)),
+        active(s.T, s.B, s.lengths) {
+    w_packed = pack_fwd<T>({w_ih, w_hh}, gate_count(mode), plan);
+    h_scratch = at::empty({s.B, s.H}, x.options());
+    if (mode == kLSTM) c_scratch = at::empty({s.B, s.H}, x.options());
+  }
+
+  // Steps [t0, t1) into da's slots [0, t1 - t0).
+  void operator()(int64_t t0, int64_t t1, const at::Tensor& da) {
+    const Kernels<T>& k = kernels<T>();
+    const bool lstm = mode == kLSTM;
+    for (int64_t t = t0; t < t1; ++t) {
+      FwdStep<T> a{};
+      a.s = shape;
+      a.s.t = t;
+      a.w = ptr<T>(w_packed);
+      a.x = x.data_ptr<T>();
+      a.I = x.size(2);
+      a.bias = ptr<T>(bias.bias);
+      a.b_hn = ptr<T>(bias.b_hn);
+      a.h_prev = hs->template at_step<T>(t);
+      a.h_new = h_scratch.data_ptr<T>();
+      a.c_prev = lstm ? slot<T>(cs, t) : nullptr;
+      a.c_new = lstm ? c_scratch.data_ptr<T>() : nullptr;
+      a.acts = slot<T>(da, t - t0);
+      a.rows = active.at(t);
+      a.plan = covering(plan, a.rows.n);
+      for_items(a.plan.items(), item_flops(a.plan, a.I + shape.P),
+                [&](int64_t i0, int64_t i1) { k.fwd(mode, a, i0, i1); });
+    }
+  }
+};
+
 // The reverse loop. Writes the gate gradients of every step into da (LSTM and GRU: the saved
 // activations [T, B, 4H], in place; with `ring`, a buffer of `chunk` steps that each chunk
-// reuses), fills dhs [T, B, P] with a projection (dh + dy per step, for dW_hr) and, without
+// reuses, which `recompute` fills with the chunk's activations where they were not kept), fills dhs [T, B, P] with a projection (dh + dy per step, for dW_hr) and, without
 // one, db_sums [ld] (the gate gradients summed over steps and rows); returns dh0, dc0. Each
 // time steps [t0, t1) are done (`chunk` of them; all at once with a projection),
 // on_chunk(t0, t1, rows) takes their gradients, rows [(t1 - t0) * B, ld], whose order it may
@@ -536,7 +605,8 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
     int64_t mode, const StepShape& shape, const at::Tensor& w_hh, const at::Tensor& w_hr,
     const States& hs, const at::Tensor& cs, const at::Tensor& dy, const at::Tensor& dh_n,
     const at::Tensor& dc_n, const at::Tensor& da, bool ring, int64_t chunk, at::Tensor& dhs,
-    at::Tensor& db_sums, OnChunk& on_chunk, const Bf16Saved& bf16 = {}) {
+    at::Tensor& db_sums, OnChunk& on_chunk, const Bf16Saved& bf16 = {},
+    const std::function<void(int64_t, int64_t, const at::Tensor&)>& recompute = {}) {
   const int64_t nT = shape.T, B = shape.B, H = shape.H, P = shape.P, ld = da.size(2);
   const bool lstm = mode == kLSTM, gru = mode == kGRU, proj = w_hr.defined();
   const auto opts = da.options();  // dy may be bf16 (bf16.chunked)
@@ -591,6 +661,7 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
       const int64_t n = t1 - t0;
       if (n <= 0) return;
       if (bf16.acts.defined()) da.narrow(0, 0, n).copy_(bf16.acts.narrow(0, t0, n));
+      if (recompute) recompute(t0, t1, da);
       if (!bf16.chunked) return;
       a.dy_pos0 = shape.reverse ? nT - t1 : t0;  // no lengths: every row at one position
       dy_chunk.narrow(0, 0, n).copy_(bf16.dy.narrow(0, a.dy_pos0, n));
@@ -895,8 +966,11 @@ std::vector<at::Tensor> backward_impl(
   size_t n = 0;
   // LSTM and GRU: the saved activations [T, B, 4H] become the gate gradients, in place; an
   // RNN (nothing saved but its states) writes them into a buffer of one chunk of steps, and
-  // so do bf16 activations (bf16.acts, then saved[0]), widened into it chunk by chunk.
-  const bool ring = !act_count(mode) || bf16.acts.defined();
+  // so do bf16 activations (bf16.acts, then saved[0]), widened into it chunk by chunk, and
+  // activations the forward did not keep (kSaveStates: saved[0] is [0, B, 4H]), recomputed
+  // into it chunk by chunk.
+  const bool recompute = act_count(mode) && saved[0].size(0) != nT;
+  const bool ring = !act_count(mode) || bf16.acts.defined() || recompute;
   const int64_t chunk = proj ? std::max<int64_t>(nT, 1) : chunk_steps(nT, B, ring);
   const int64_t ld = act_count(mode) ? saved[0].size(2) : H;
   const at::Tensor da = ring ? at::empty({chunk, B, ld}, opts) : saved[0];
@@ -912,11 +986,18 @@ std::vector<at::Tensor> backward_impl(
 
   at::Tensor dhs = proj ? at::empty({nT, B, P}, opts) : at::Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, len};
+  std::function<void(int64_t, int64_t, const at::Tensor&)> recompute_acts;
+  if (recompute) {
+    TORCH_CHECK(!proj && !bf16.acts.defined() && x.scalar_type() == da.scalar_type(),
+                "fused_rnn: internal: activations are recomputed in fp32/fp64 without projection");
+    auto r = std::make_shared<ActsRecompute<T>>(mode, shape, x, w_ih, w_hh, b_ih, b_hh, hs, cs);
+    recompute_acts = [r](int64_t t0, int64_t t1, const at::Tensor& ring_da) { (*r)(t0, t1, ring_da); };
+  }
   at::Tensor dh0, dc0;
   at::Tensor db_sums;  // [ld] the gate gradients summed over steps and rows, or undefined
   std::tie(dh0, dc0) = backward_loop<T>(mode, shape, w_hh, w_hr, bf16.chunked ? sum_states : hs,
                                         cs, dy, dh_n, dc_n, da, ring, chunk, dhs, db_sums, sums,
-                                        bf16);
+                                        bf16, recompute_acts);
 
   if (!nT) sums.allocate(GH, I, P, false);
   at::Tensor db_ih = none_like(x), db_hh = none_like(x);
@@ -941,15 +1022,18 @@ at::Tensor f32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t;
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_bf16(
     int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved) {
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, int64_t saves) {
+  // Its backward widens what was saved; activations recomputed from bf16 states would not be
+  // the forward's: kept.
+  if (saves == kSaveStates) saves = kSaveAll;
   const bool pairs = bf16_pairs_fwd() && !w_hr.defined() && x.size(0) > 1 && x.size(2) % 2 == 0 &&
                      w_hh.size(1) % 2 == 0;
   if (!pairs) {
     return forward_impl<float>(mode, reverse, f32(x), f32(h0), f32(c0), lengths, f32(w_ih),
-                               f32(w_hh), f32(b_ih), f32(b_hh), f32(w_hr), need_saved);
+                               f32(w_hh), f32(b_ih), f32(b_hh), f32(w_hr), saves);
   }
   return forward_impl<float>(mode, reverse, x, f32(h0), f32(c0), lengths, w_ih.contiguous(),
-                             w_hh.contiguous(), f32(b_ih), f32(b_hh), w_hr, need_saved,
+                             w_hh.contiguous(), f32(b_ih), f32(b_hh), w_hr, saves,
                              h0.contiguous());
 }
 
@@ -999,14 +1083,13 @@ std::vector<at::Tensor> backward_bf16(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurrence_forward(
     int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved) {
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, int64_t saves) {
   if (x.scalar_type() == at::kBFloat16) {
-    return forward_bf16(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr,
-                        need_saved);
+    return forward_bf16(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, saves);
   }
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_rnn::recurrence_forward", [&] {
     return forward_impl<scalar_t>(mode, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh,
-                                  w_hr, need_saved);
+                                  w_hr, saves);
   });
 }
 

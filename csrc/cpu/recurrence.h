@@ -11,16 +11,21 @@
 namespace fused_rnn {
 namespace cpu {
 
+// What a forward keeps for its backward. kSaveStates: the states alone, the activations
+// left to the backward to recompute a chunk of steps at a time (LSTM and GRU in fp32/fp64
+// without a projection; elsewhere it keeps everything): acts is then [0, B, 4H].
+enum Saves : int64_t { kSaveNothing = 0, kSaveAll = 1, kSaveStates = 2 };
+
 // x [T, B, I]; h0 [B, P]; c0 [B, H] (LSTM); lengths [B] int64 on CPU or undefined;
 // w_ih [G*H, I]; w_hh [G*H, P]; b_ih, b_hh [G*H] or undefined; w_hr [P, H] or undefined.
 // Returns y [T, B, P] (natural time order, zero past each row's length), h_n [B, P],
-// c_n [B, H] (empty for GRU/RNN) and the tensors backward needs (empty if !need_saved):
+// c_n [B, H] (empty for GRU/RNN) and the tensors backward needs (`saves`, see Saves):
 // LSTM (acts [T, B, 4H], hs [T+1, B, P], cs [T+1, B, H][, y_pre [T, B, H]]),
 // GRU (acts [T, B, 4H], hs [T+1, B, H]), RNN (hs [T+1, B, H]); hs and acts in loop order.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> recurrence_forward(
     int64_t mode, bool reverse, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, bool need_saved);
+    const at::Tensor& b_ih, const at::Tensor& b_hh, const at::Tensor& w_hr, int64_t saves);
 
 // The backward of recurrence_forward, given the same inputs, its saved tensors and the
 // gradients dy [T, B, P], dh_n [B, P] (or undefined), dc_n [B, H] (or undefined).

@@ -17,6 +17,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ...autocast import without_autocast
+from ...recompute import forward_saves
 from .cells import LSTM, LayerWeights
 
 
@@ -42,9 +43,10 @@ class LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ops, mode, reverse, weights_type, n_extras, x, h0, c0, lengths, *rest):
         extras, w = tuple(rest[:n_extras]), weights_type(*rest[n_extras:])
+        saves = forward_saves()
         y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, *extras,
-                                      need_saved=True)
-        ctx.ops, ctx.mode, ctx.reverse = ops, mode, reverse
+                                      need_saved=saves)
+        ctx.ops, ctx.mode, ctx.reverse, ctx.saves = ops, mode, reverse, saves
         ctx.weights_type, ctx.n_extras = weights_type, n_extras
         ctx.save_for_backward(x, h0, c0, lengths, *extras, *w, *saved)
         ctx.set_materialize_grads(False)
@@ -60,7 +62,7 @@ class LayerFunction(torch.autograd.Function):
         n, m = ctx.n_extras, ctx.n_extras + len(ctx.weights_type._fields)
         extras, w, saved = tuple(rest[:n]), ctx.weights_type(*rest[n:m]), tuple(rest[m:])
         saved = saved_for_backward(ctx, saved, lambda: ctx.ops._fwd(
-            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, *extras, need_saved=True)[3])
+            ctx.mode, ctx.reverse, x, h0, c0, w, lengths, *extras, need_saved=ctx.saves)[3])
         if dy is None:
             dy = torch.zeros(x.shape[:2] + (h0.shape[-1],), dtype=x.dtype, device=x.device)
         dx, dh0, dc0, dw = ctx.ops._bwd(ctx.mode, ctx.reverse, x, h0, c0, w, lengths, *extras,

@@ -19,7 +19,9 @@ from torch import Tensor
 from ... import backends
 from ...autocast import autocast_off
 from ..._custom_ops import none_if_empty, or_empty, unaliased
+from ...recompute import forward_saves
 from .cells import GATES, LSTM, LayerWeights
+from .saved_layout import SAVE_NOTHING
 
 
 def _ops(backend: str):
@@ -30,24 +32,24 @@ def _ops(backend: str):
 def recurrence_layer(backend: str, cell: str, reverse: bool, x: Tensor, h0: Tensor,
                      c0: Optional[Tensor], lengths: Optional[Tensor], w_ih: Tensor,
                      w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-                     w_hr: Optional[Tensor], need_saved: bool
+                     w_hr: Optional[Tensor], saves: int
                      ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """``backend``'s ``_fwd`` for ``cell`` (a mode of cells.py; not named ``mode``, which
-    torch's functionalization of mutating ops takes for itself); returns
-    ``(y, h_n, c_n or empty, saved)``."""
+    torch's functionalization of mutating ops takes for itself) keeping ``saves`` (a SAVE_*
+    of saved_layout.py); returns ``(y, h_n, c_n or empty, saved)``."""
     w = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
-    y, h_n, c_n, saved = _ops(backend)._fwd(cell, reverse, x, h0, c0, w, lengths, need_saved)
+    y, h_n, c_n, saved = _ops(backend)._fwd(cell, reverse, x, h0, c0, w, lengths, saves)
     out = unaliased([y, h_n, or_empty(c_n, x), *saved], [x, h0, c0, lengths, *w])
     return out[0], out[1], out[2], out[3:]
 
 
 @recurrence_layer.register_fake
-def _(backend, cell, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, need_saved):
+def _(backend, cell, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, saves):
     T, B = x.shape[:2]
     H, P = w_hh.shape[0] // GATES[cell], w_hh.shape[1]
     c_n = x.new_empty(B, H) if cell == LSTM else x.new_empty(0)
     w = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
-    saved = _ops(backend).saved_like(cell, reverse, x, h0, c0, w, lengths) if need_saved else ()
+    saved = _ops(backend).saved_like(cell, reverse, x, h0, c0, w, lengths, saves) if saves else ()
     return x.new_empty(T, B, P), x.new_empty(B, P), c_n, list(saved)
 
 
@@ -81,7 +83,7 @@ def _(backend, cell, reverse, x, h0, c0, lengths, w_ih, w_hh, b_ih, b_hh, w_hr, 
 
 
 def _setup_context(ctx, inputs, output):
-    backend, mode, reverse, *tensors, _need_saved = inputs
+    backend, mode, reverse, *tensors, _saves = inputs
     ctx.args = (backend, mode, reverse)
     ctx.save_for_backward(*tensors, *output[3])
 
@@ -109,5 +111,5 @@ def compiled_layer(backend: str, mode: str, reverse: bool, x, h0, c0, w: LayerWe
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *w))
     y, h_n, c_n, _ = recurrence_layer(backend, mode, reverse, x, h0, c0, lengths, *w,
-                                      needs_grad)
+                                      forward_saves() if needs_grad else SAVE_NOTHING)
     return y, h_n, (c_n if mode == LSTM else None)

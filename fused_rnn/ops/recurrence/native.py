@@ -21,7 +21,7 @@ import torch
 from ... import _native
 from .cells import GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
 from .reference import _HALF, _fp32, _like
-from .saved_layout import fused_saved_like
+from .saved_layout import SAVE_ALL, SAVE_NOTHING, SAVE_STATES, fused_saved_like
 
 MODES = {LSTM: 0, GRU: 1, RNN_TANH: 2, RNN_RELU: 3}
 
@@ -40,13 +40,14 @@ def extension_launchers(forward: str, backward: str):
     forward_op, backward_op = getattr(_ops, forward), getattr(_ops, backward)
 
     def _fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
-        """x [T, B, I]; h0 [B, P]; c0 [B, H] (LSTM) or None; lengths [B] int64 (CPU) or None.
+        """x [T, B, I]; h0 [B, P]; c0 [B, H] (LSTM) or None; lengths [B] int64 (CPU) or None;
+        need_saved: a SAVE_* of saved_layout.py (False and True are the first two).
 
         Returns ``y [T, B, P]``, ``h_n [B, P]``, ``c_n [B, H]`` or None, and ``saved``
-        (empty unless ``need_saved``).
+        (empty unless ``need_saved``; see saved_like for what SAVE_STATES keeps).
         """
         y, h_n, c_n, saved = forward_op(
-            MODES[mode], bool(reverse), x, h0, c0, lengths, *w, bool(need_saved))
+            MODES[mode], bool(reverse), x, h0, c0, lengths, *w, int(need_saved))
         return y, h_n, (c_n if mode == LSTM else None), tuple(saved)
 
     def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc_n):
@@ -76,6 +77,8 @@ def widening_half(_fwd, _bwd):
     def fwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, need_saved=True):
         if x.dtype not in _HALF:
             return _fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
+        # Activations recomputed from rounded states would not be the forward's: kept.
+        need_saved = SAVE_ALL if need_saved else SAVE_NOTHING
         if x.dtype == torch.bfloat16:
             y, h_n, c_n, saved = _fwd(mode, reverse, x, h0, c0, w, lengths, need_saved)
         else:
@@ -114,7 +117,11 @@ def cell_step(mode, x, h0, c0, w: LayerWeights):
     return out[0], (out[1] if mode == LSTM else None)
 
 
-def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
-    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
+def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saves=SAVE_ALL):
+    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile):
+    with ``SAVE_STATES`` the backward recomputes LSTM's and GRU's activations in fp32 and
+    fp64 without a projection (csrc/cpu/recurrence.cpp's ActsRecompute)."""
     in_output = not reverse and lengths is None and w.w_hr is None
-    return fused_saved_like(mode, x, w, states_in_output=in_output)
+    recomputed = (saves == SAVE_STATES and w.w_hr is None
+                  and x.dtype in (torch.float32, torch.float64))
+    return fused_saved_like(mode, x, w, states_in_output=in_output, acts_kept=not recomputed)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .cells import GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
-from .saved_layout import reference_saved_like
+from .saved_layout import SAVE_ALL, reference_saved_like
 
 
 def _reverse_index(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
@@ -223,6 +223,7 @@ def _bwd(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saved, dy, dh_n, dc
     return dx, dh, dc, grads
 
 
-def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
-    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
+def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saves=SAVE_ALL):
+    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile); it
+    keeps everything whatever ``saves`` asks."""
     return reference_saved_like(mode, x, w)

@@ -13,6 +13,12 @@ import torch
 
 from .cells import GATES, GRU, LSTM, LayerWeights
 
+# What a launcher's forward keeps for its backward (its ``need_saved``; False and True are
+# the first two): nothing, everything, or the states alone where the backend can recompute
+# the activations from them (the cpu backend: see fused_rnn/recompute.py), everything
+# elsewhere.
+SAVE_NOTHING, SAVE_ALL, SAVE_STATES = 0, 1, 2
+
 
 def _sizes(mode: str, x: torch.Tensor, w: LayerWeights):
     H = w.w_hh.shape[0] // GATES[mode]
@@ -21,19 +27,21 @@ def _sizes(mode: str, x: torch.Tensor, w: LayerWeights):
 
 def fused_saved_like(mode: str, x: torch.Tensor, w: LayerWeights,
                      cell_dtype: Optional[torch.dtype] = None,
-                     states_in_output: bool = False) -> tuple:
+                     states_in_output: bool = False, acts_kept: bool = True) -> tuple:
     """The cpu and triton layout: LSTM ``(acts [T, B, 4H], hs [T+1, B, P], cs [T+1, B, H]
     [, y_pre [T, B, H]])``, GRU ``(acts [T, B, 4H], hs [T+1, B, H])``, RNN ``(hs,)``;
     ``cs`` in ``cell_dtype`` (default x's). ``states_in_output``: ``hs`` is the output y
-    [T, B, P] instead (h_1..h_T; h_0 is the initial state)."""
+    [T, B, P] instead (h_1..h_T; h_0 is the initial state). Without ``acts_kept`` (the
+    backward recomputes them) ``acts`` is [0, B, 4H]."""
     T, B, H, P = _sizes(mode, x, w)
     hs = x.new_empty(T if states_in_output else T + 1, B, P)
+    acts = x.new_empty(T if acts_kept else 0, B, 4 * H)
     if mode == LSTM:
         cs = x.new_empty(T + 1, B, H, dtype=cell_dtype or x.dtype)
         proj = (x.new_empty(T, B, H),) if w.w_hr is not None else ()
-        return (x.new_empty(T, B, 4 * H), hs, cs) + proj
+        return (acts, hs, cs) + proj
     if mode == GRU:
-        return (x.new_empty(T, B, 4 * H), hs)
+        return (acts, hs)
     return (hs,)
 
 

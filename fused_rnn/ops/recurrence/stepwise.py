@@ -19,7 +19,7 @@ import torch
 
 from .cells import LayerWeights
 from .native import extension_launchers
-from .saved_layout import fused_saved_like
+from .saved_layout import SAVE_ALL, fused_saved_like
 
 # _bwd writes the LSTM gate gradients over the saved activations (see function.py).
 OVERWRITES_SAVED = True
@@ -27,7 +27,8 @@ OVERWRITES_SAVED = True
 _fwd, _bwd = extension_launchers("stepwise_recurrence_forward", "stepwise_recurrence_backward")
 
 
-def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
-    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
+def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saves=SAVE_ALL):
+    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile); it
+    keeps everything whatever ``saves`` asks."""
     cell = torch.float64 if x.dtype == torch.float64 else torch.float32
     return fused_saved_like(mode, x, w, cell_dtype=cell)

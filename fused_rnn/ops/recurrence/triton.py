@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import reference
 from . import triton_kernels as K
 from .cells import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, LayerWeights
-from .saved_layout import fused_saved_like
+from .saved_layout import SAVE_ALL, fused_saved_like
 
 MODES = {LSTM: K.LSTM_MODE, GRU: K.GRU_MODE, RNN_TANH: K.TANH_MODE, RNN_RELU: K.RELU_MODE}
 
@@ -260,8 +260,9 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths):
-    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile)."""
+def saved_like(mode, reverse, x, h0, c0, w: LayerWeights, lengths, saves=SAVE_ALL):
+    """Empty tensors shaped as the ``saved`` that ``_fwd`` returns (for torch.compile); it
+    keeps everything whatever ``saves`` asks."""
     if x.shape[1] == 0:  # _fwd hands an empty batch to the reference
         return reference.saved_like(mode, reverse, x, h0, c0, w, lengths)
     half = x.dtype in (torch.float16, torch.bfloat16)
