@@ -29,6 +29,11 @@ CELL_LOOP = "cell-loop"
 # matrix), while one step compiles in seconds and is where inductor fuses the pointwise work.
 COMPILED_CELL_LOOP = "cell-loop-compiled"
 FUSED_PREFIX = "fused_rnn:"
+# A fused backend whose training forward keeps its states alone, the backward recomputing
+# the gate activations (fused_rnn.use_recompute): less memory for the forward's GEMMs again.
+# A row of its own where that changes anything: fwd+bwd of LSTM and GRU.
+RECOMPUTE_SUFFIX = "+recompute"
+RECOMPUTING_BACKENDS = ("cpu",)
 
 _RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
 _CELL_CLASSES = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}
@@ -108,13 +113,30 @@ def all_cases(cells=CELLS, shapes=SHAPES, modes=MODES) -> list:
 
 
 def implementation_names(fused_backends) -> list:
-    return [TORCH_NN, CELL_LOOP, COMPILED_CELL_LOOP] + [FUSED_PREFIX + b for b in fused_backends]
+    fused = []
+    for b in fused_backends:
+        fused += [FUSED_PREFIX + b] + [FUSED_PREFIX + b + RECOMPUTE_SUFFIX] * (
+            b in RECOMPUTING_BACKENDS)
+    return [TORCH_NN, CELL_LOOP, COMPILED_CELL_LOOP] + fused
 
 
 def fused_backend_of(implementation: str) -> Optional[str]:
     """The fused_rnn backend an implementation name forces, or None for a baseline."""
     if implementation.startswith(FUSED_PREFIX):
-        return implementation[len(FUSED_PREFIX):]
+        return implementation[len(FUSED_PREFIX):].removesuffix(RECOMPUTE_SUFFIX)
+    return None
+
+
+def recomputes(implementation: str) -> bool:
+    """Whether an implementation recomputes the activations in backward."""
+    return fused_backend_of(implementation) is not None and implementation.endswith(
+        RECOMPUTE_SUFFIX)
+
+
+def same_as_another_row(case, implementation: str) -> Optional[str]:
+    """Why a row would repeat another row's work (then it is left out), or None."""
+    if recomputes(implementation) and (case.mode == "fwd" or case.cell == "rnn"):
+        return "recompute changes only the fwd+bwd of LSTM and GRU (an RNN saves no activations)"
     return None
 
 
@@ -230,8 +252,10 @@ def forward_fn(workload: Workload, implementation: str) -> Callable[[torch.Tenso
     if backend is None:
         raise ValueError(f"unknown implementation {implementation!r}")
 
+    recompute = recomputes(implementation)
+
     def fused_forward(x):
-        with fused_rnn.use_backend(backend):
+        with fused_rnn.use_backend(backend), fused_rnn.use_recompute(recompute):
             return workload.fused_rnn(x)[0]
 
     return fused_forward

@@ -317,6 +317,8 @@ def measure_all(args, device: torch.device, dtype: torch.dtype) -> list:
             for mode in C.MODES:
                 case = C.Case(cell, shape, mode)
                 for implementation in implementations:
+                    if C.same_as_another_row(case, implementation):
+                        continue
                     row = measure_row(case, workload, implementation, device, args)
                     rows.append(row)
                     _print_progress(row)

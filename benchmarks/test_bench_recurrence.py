@@ -29,6 +29,9 @@ def workload_for(cell: str, shape: C.Shape, device):
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("case", C.all_cases(), ids=lambda case: case.id)
 def test_recurrence(benchmark, bench_device, case, implementation):
+    reason = C.same_as_another_row(case, implementation)
+    if reason:
+        pytest.skip(reason)
     workload = workload_for(case.cell, case.shape, bench_device)
     reason = C.unsupported_reason(workload, implementation)
     if reason:

@@ -9,7 +9,8 @@ projections keep everything either way.
 
 Which setting a forward uses: the innermost ``use_recompute(...)`` context, else
 ``set_recompute(...)``, else the ``FUSED_RNN_RECOMPUTE`` environment variable (``1`` on,
-read once, at import), else off. A layer's backward follows its forward's choice.
+read once, at import), else off. A layer's backward follows its forward's choice; a graph
+compiled by torch.compile keeps the choice made while tracing it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import contextlib
 import contextvars
 import os
 from typing import Iterator, Optional
+
+import torch
 
 from .ops.recurrence.saved_layout import SAVE_ALL, SAVE_STATES
 
@@ -61,6 +64,9 @@ def recompute_enabled() -> bool:
     return _ENV == "1"
 
 
+@torch.compiler.assume_constant_result
 def forward_saves() -> int:
-    """What a training forward asks its backend to keep (saved_layout's SAVE_*)."""
+    """What a training forward asks its backend to keep (saved_layout's SAVE_*). Under
+    torch.compile: computed once while tracing; a later change takes effect in a new
+    compilation (as ``set_backend``'s)."""
     return SAVE_STATES if recompute_enabled() else SAVE_ALL

@@ -13,6 +13,7 @@ import torch
 import fused_rnn
 from fused_rnn import backends
 from fused_rnn.ops.recurrence.cells import GATES, LSTM, LayerWeights
+from fused_rnn.ops.recurrence.saved_layout import SAVE_ALL, SAVE_STATES
 from fused_rnn import testing
 from fused_rnn.testing import assert_close, randn, tolerance
 
@@ -55,11 +56,13 @@ def _layer_inputs(mode, proj, batch, dtype, with_lengths):
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("mode,proj", [("LSTM", 0), ("LSTM", P), ("GRU", 0), ("RNN_TANH", 0)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_saved_like_matches_the_forward(backend, mode, proj, with_lengths, reverse, batch, dtype):
+@pytest.mark.parametrize("saves", [SAVE_ALL, SAVE_STATES])
+def test_saved_like_matches_the_forward(backend, mode, proj, with_lengths, reverse, batch, dtype,
+                                        saves):
     ops = backends.get_backend(backend).ops("recurrence")
     x, h0, c0, w, lengths = _layer_inputs(mode, proj, batch, dtype, with_lengths)
-    saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved=True)[3]
-    like = ops.saved_like(mode, reverse, x, h0, c0, w, lengths)
+    saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, need_saved=saves)[3]
+    like = ops.saved_like(mode, reverse, x, h0, c0, w, lengths, saves)
     assert [(tuple(t.shape), t.dtype) for t in like] == [(tuple(t.shape), t.dtype) for t in saved]
 
 

@@ -64,6 +64,18 @@ def test_sums_over_steps_in_chunks_pass_the_parity_tests(rows):
                       extra=["tests/test_cpu_sums_over_steps.py", "tests/test_cpu_bf16.py"])
 
 
+@needs_extension
+@pytest.mark.parametrize("rows", ["", "1"])
+def test_recomputed_activations_pass_the_parity_tests(rows):
+    """With FUSED_RNN_RECOMPUTE=1 every training forward keeps only its states and the
+    backward recomputes LSTM's and GRU's activations chunk by chunk: the whole parity grid
+    (gradcheck included), then again with one step per chunk."""
+    env = {"FUSED_RNN_RECOMPUTE": "1"}
+    if rows:
+        env["FUSED_RNN_CPU_SUM_ROWS"] = rows
+    _run_parity_tests(env, extra=["tests/test_cpu_sums_over_steps.py"])
+
+
 def _env_cpu_first():
     """The environment of a child where cpu is the best backend there can be: without
     TRITON_INTERPRET (which the test session sets) Triton cannot run on CPU tensors."""
@@ -74,7 +86,7 @@ def _op_args(B=3, T=4, I=5, H=6):
     x = torch.randn(T, B, I)
     return dict(mode=0, reverse=False, x=x, h0=torch.randn(B, H), c0=torch.randn(B, H),
                 lengths=None, w_ih=torch.randn(4 * H, I), w_hh=torch.randn(4 * H, H),
-                b_ih=torch.randn(4 * H), b_hh=torch.randn(4 * H), w_hr=None, need_saved=True)
+                b_ih=torch.randn(4 * H), b_hh=torch.randn(4 * H), w_hr=None, saves=1)
 
 
 @needs_extension
@@ -90,6 +102,7 @@ def _op_args(B=3, T=4, I=5, H=6):
     (dict(lengths=torch.tensor([1, 2, 5])), r"lengths must lie in \[0, 4\]"),
     (dict(lengths=torch.tensor([1.0, 2.0, 3.0])), "lengths must be an int64 CPU tensor"),
     (dict(w_hr=torch.randn(2, 6)), r"w_hh must have shape \[24, 2\]"),
+    (dict(saves=3), r"saves must be 0 \(nothing\), 1 \(all\) or 2 \(the states\), got 3"),
 ])
 def test_op_checks_name_the_argument(change, message):
     args = dict(_op_args(), **change)
