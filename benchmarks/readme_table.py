@@ -33,6 +33,11 @@ def newest_per_device() -> list:
     return [newest[k] for k in sorted(newest)]
 
 
+def _fused_label(row: dict) -> str:
+    """The backend, with its setting where the row has one: "cpu", "cpu+recompute"."""
+    return row["implementation"].split(":", 1)[1]
+
+
 def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -53,7 +58,7 @@ def recurrence_lines(rows: list) -> list:
         mem = f"{mine:.1f} vs {base:.1f}" if mine is not None and base is not None else "-"
         vs_compiled = f"{_ratio(r.get('vs_compiled_cell_loop'))} | " if compiled else ""
         lines.append(f"| {r['cell']} | T{r['T']} B{r['B']} I{r['I']} H{r['H']} | {r['mode']} | "
-                     f"{r['backend']} | {r['median_ms']:.1f} | {_ratio(r.get('vs_torch_nn'))} | "
+                     f"{_fused_label(r)} | {r['median_ms']:.1f} | {_ratio(r.get('vs_torch_nn'))} | "
                      f"{_ratio(r.get('vs_cell_loop'))} | {vs_compiled}{mem} |")
     return lines
 

@@ -7,6 +7,13 @@ recomputes the activations a few steps at a time, with the forward's own step ke
 same numbers, for the forward's GEMM work once more. Other backends, dtypes and
 projections keep everything either way.
 
+The recompute holds buffers of its own through the backward: the forward's panels of
+``[W_ih | W_hh]`` (I + P rows of G*H) and a ring of ~512 rows of 4H (``chunk_steps`` in
+csrc/cpu/recurrence.cpp). A layer recomputes only where its activations (T*B rows of 4H)
+outweigh both, T*B > I + P + 512; below that, recompute would cost memory as well as time,
+and the layer keeps its activations (``FUSED_RNN_RECOMPUTE=always`` recomputes there too:
+for the tests, which run small shapes).
+
 Which setting a forward uses: the innermost ``use_recompute(...)`` context, else
 ``set_recompute(...)``, else the ``FUSED_RNN_RECOMPUTE`` environment variable (``1`` on,
 read once, at import), else off. A layer's backward follows its forward's choice; a graph
@@ -25,8 +32,10 @@ import torch
 from .ops.recurrence.saved_layout import SAVE_ALL, SAVE_STATES
 
 _ENV = os.environ.get("FUSED_RNN_RECOMPUTE", "").strip()
-if _ENV not in ("", "0", "1"):
-    raise ValueError(f"FUSED_RNN_RECOMPUTE must be 0 or 1, got {_ENV!r}")
+if _ENV not in ("", "0", "1", "always"):
+    raise ValueError(f"FUSED_RNN_RECOMPUTE must be 0, 1 or always, got {_ENV!r}")
+_ALWAYS = _ENV == "always"
+RING_ROWS = 512
 _global: Optional[bool] = None
 _context: contextvars.ContextVar = contextvars.ContextVar("fused_rnn_recompute", default=None)
 
@@ -56,17 +65,20 @@ def use_recompute(enabled: bool = True) -> Iterator[None]:
         _context.reset(token)
 
 
+@torch.compiler.assume_constant_result
 def recompute_enabled() -> bool:
-    """Whether a forward now keeps only its states for backward."""
+    """Whether a training forward now keeps only its states for backward, where that saves
+    memory. Under torch.compile: read once while tracing; a later change takes effect in a
+    new compilation (as ``set_backend``'s)."""
     for choice in (_context.get(), _global):
         if choice is not None:
             return choice
-    return _ENV == "1"
+    return _ENV in ("1", "always")
 
 
-@torch.compiler.assume_constant_result
-def forward_saves() -> int:
-    """What a training forward asks its backend to keep (saved_layout's SAVE_*). Under
-    torch.compile: computed once while tracing; a later change takes effect in a new
-    compilation (as ``set_backend``'s)."""
-    return SAVE_STATES if recompute_enabled() else SAVE_ALL
+def forward_saves(steps: int, batch: int, input_size: int, state_size: int) -> int:
+    """What a training forward of x [steps, batch, input_size] with states of state_size asks
+    its backend to keep (saved_layout's SAVE_*)."""
+    if recompute_enabled() and (_ALWAYS or steps * batch > input_size + state_size + RING_ROWS):
+        return SAVE_STATES
+    return SAVE_ALL

@@ -1,7 +1,7 @@
 """Recomputing the gate activations in backward (fused_rnn.use_recompute): the setting
 itself, then, on the cpu backend (the one that recomputes), that a training forward really
 keeps only its states and that the backward gives torch.nn's gradients and the keep-all
-path's. The whole parity grid also runs with FUSED_RNN_RECOMPUTE=1
+path's. The whole parity grid also runs with FUSED_RNN_RECOMPUTE=always
 (tests/test_cpu_backend.py)."""
 
 import os
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import fused_rnn
-from fused_rnn import _native
-from fused_rnn.recompute import recompute_enabled, set_recompute, use_recompute
+from fused_rnn import _native, recompute
+from fused_rnn.recompute import RING_ROWS, recompute_enabled, set_recompute, use_recompute
 from fused_rnn.testing import assert_close, child_env, randn, random_lengths, tolerance
 
 needs_cpu = pytest.mark.skipif(
@@ -26,7 +26,10 @@ MODULES = {"lstm": (fused_rnn.LSTM, torch.nn.LSTM), "gru": (fused_rnn.GRU, torch
 
 
 @pytest.fixture(autouse=True)
-def _default_setting():
+def _default_setting(monkeypatch):
+    """Recompute wherever it is on (FUSED_RNN_RECOMPUTE=always): these sizes are too small to
+    gain from it, which only the size test below leaves as it is."""
+    monkeypatch.setattr(recompute, "_ALWAYS", True)
     set_recompute(None)
     yield
     set_recompute(None)
@@ -35,7 +38,7 @@ def _default_setting():
 # ---------------------------------------------------------------- the setting
 
 def test_context_overrides_the_global_setting_and_restores_it():
-    assert recompute_enabled() is (os.environ.get("FUSED_RNN_RECOMPUTE") == "1")
+    assert recompute_enabled() is (os.environ.get("FUSED_RNN_RECOMPUTE") in ("1", "always"))
     set_recompute(True)
     assert recompute_enabled()
     with use_recompute(False):
@@ -54,7 +57,8 @@ def test_a_setting_that_is_not_a_bool_is_refused(call):
         call()
 
 
-@pytest.mark.parametrize("value, enabled", [("1", "True"), ("0", "False"), ("", "False")])
+@pytest.mark.parametrize("value, enabled", [("1", "True"), ("always", "True"), ("0", "False"),
+                                             ("", "False")])
 def test_the_environment_sets_the_default(value, enabled):
     code = "import fused_rnn; print(fused_rnn.recompute_enabled())"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
@@ -65,7 +69,7 @@ def test_the_environment_sets_the_default(value, enabled):
 def test_an_environment_value_other_than_0_or_1_is_refused_at_import():
     r = subprocess.run([sys.executable, "-c", "import fused_rnn"], capture_output=True, text=True,
                        cwd=ROOT, env=dict(child_env(), FUSED_RNN_RECOMPUTE="yes"))
-    assert r.returncode != 0 and "FUSED_RNN_RECOMPUTE must be 0 or 1, got 'yes'" in r.stderr
+    assert r.returncode != 0 and "FUSED_RNN_RECOMPUTE must be 0, 1 or always, got 'yes'" in r.stderr
 
 
 # ---------------------------------------------------------------- the cpu backend
@@ -127,6 +131,23 @@ def test_recomputed_backward_matches_torch_nn_and_keeps_no_activations(dtype, ce
         # The forward's own step kernel recomputes them: the keep-all path's numbers.
         assert_close(g, k, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=1e-12 if
                      dtype == torch.float64 else 1e-6, name=f"d{n} vs kept activations")
+
+
+@needs_cpu
+@pytest.mark.parametrize("extra_steps, recomputed", [(0, False), (1, True)])
+def test_only_layers_whose_activations_outweigh_the_recompute_buffers_recompute(
+        monkeypatch, extra_steps, recomputed):
+    """The recompute's own buffers (panels of [W_ih | W_hh], a ring of RING_ROWS rows) hold
+    I + P + RING_ROWS rows of gates: a layer of no more rows keeps its activations."""
+    monkeypatch.setattr(recompute, "_ALWAYS", False)
+    batch, steps = 1, I + H + RING_ROWS + extra_steps
+    fused, _ = _pair("lstm", torch.float32)
+    x = randn(steps, batch, I, requires_grad=True)
+    shapes = []
+    with use_recompute():
+        _run(fused, x, None, shapes)
+    assert ((0, batch, 4 * H) in shapes) is recomputed
+    assert ((steps, batch, 4 * H) in shapes) is not recomputed
 
 
 @needs_cpu

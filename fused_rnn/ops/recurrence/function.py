@@ -43,7 +43,7 @@ class LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ops, mode, reverse, weights_type, n_extras, x, h0, c0, lengths, *rest):
         extras, w = tuple(rest[:n_extras]), weights_type(*rest[n_extras:])
-        saves = forward_saves()
+        saves = forward_saves(*x.shape, h0.shape[-1])
         y, h_n, c_n, saved = ops._fwd(mode, reverse, x, h0, c0, w, lengths, *extras,
                                       need_saved=saves)
         ctx.ops, ctx.mode, ctx.reverse, ctx.saves = ops, mode, reverse, saves

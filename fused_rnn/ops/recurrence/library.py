@@ -111,5 +111,6 @@ def compiled_layer(backend: str, mode: str, reverse: bool, x, h0, c0, w: LayerWe
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *w))
     y, h_n, c_n, _ = recurrence_layer(backend, mode, reverse, x, h0, c0, lengths, *w,
-                                      forward_saves() if needs_grad else SAVE_NOTHING)
+                                      forward_saves(*x.shape, h0.shape[-1]) if needs_grad
+                                      else SAVE_NOTHING)
     return y, h_n, (c_n if mode == LSTM else None)
