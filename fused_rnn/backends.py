@@ -192,6 +192,14 @@ def select(call: OpCall) -> Backend:
     return backend
 
 
+def select_by_sizes(op: str, device: torch.device, dtype: torch.dtype, sizes: tuple) -> Backend:
+    """:func:`select` of ``OpCall(op, device, dtype, dict(sizes))``, ``sizes`` as the
+    ``(name, value)`` pairs in order: a call already seen costs one lookup, no OpCall (a
+    decoder's cell selects per step)."""
+    backend = _selected.get((current_backend(), op, device, dtype, sizes))
+    return backend if backend is not None else select(OpCall(op, device, dtype, dict(sizes)))
+
+
 def _select(choice: str, call: OpCall) -> Backend:
     if choice != AUTO:
         _check_name(choice, allow_auto=False)
