@@ -153,3 +153,37 @@ def _graph_nodes(fn, seen=None):
     for nxt, _ in fn.next_functions:
         _graph_nodes(nxt, seen)
     return seen
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("sizes", [(37, 19), (200, 300)], ids=["tails", "split-over-threads"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_few_rows_take_the_small_batch_kernels_and_match_torch(cell, batch, sizes, dtype):
+    """Up to 4 rows (a greedy decoder's), the step's products with W_ih, W_hh and their
+    backward's with the gate gradients run on the weights as they lie (kernels.h's
+    SmallGemm): sizes off the vector width (37, 19), and weights large enough to be split over
+    threads (200, 300); 5 rows take MKL, for comparison."""
+    n_in, n_hidden = sizes
+    torch_cls, fused_cls = CELLS[cell]
+    ref = torch_cls(n_in, n_hidden).to(dtype)
+    fused = fused_cls(n_in, n_hidden).to(dtype)
+    fused.load_state_dict(ref.state_dict())
+    x = randn(batch, n_in, dtype=dtype, requires_grad=True)
+    states = [randn(batch, n_hidden, dtype=dtype, requires_grad=True)
+              for _ in range(2 if cell == "lstm" else 1)]
+    hx = tuple(states) if cell == "lstm" else states[0]
+    leaves = {"torch": [x, *states, *ref.parameters()], "fused": [x, *states, *fused.parameters()]}
+    outs, grads = {}, {}
+    with fused_rnn.use_backend("cpu"):
+        for name, m in (("torch", ref), ("fused", fused)):
+            outs[name] = _outs(m(x, hx))
+            weights = [torch.randn_like(o) for o in outs[name]] if name == "torch" else weights
+            loss = sum((o * w).sum() for o, w in zip(outs[name], weights))
+            grads[name] = torch.autograd.grad(loss, leaves[name])
+    rtol, atol = (1e-5, 1e-5) if dtype == torch.float32 else (1e-10, 1e-12)
+    for a, e in zip(outs["fused"], outs["torch"]):
+        assert_close(a, e, rtol=rtol, atol=atol, name="output")
+    names = ["x"] + [f"state{i}" for i in range(len(states))] + [n for n, _ in fused.named_parameters()]
+    for a, e, n in zip(grads["fused"], grads["torch"], names):
+        assert_close(a, e, rtol=rtol, atol=atol, name=f"d{n}")

@@ -182,6 +182,24 @@ struct ColsGemm {
   bool accumulate;
 };
 
+// Products of a few rows with a weight as it lies, W [N, K] row-major (row stride ldw): a
+// decoder's single step, where packing W into panels costs more than the product and MKL's
+// small GEMMs run far below the cache's bandwidth on these CPUs (B1 K256 N1024: 71 GB/s, B4:
+// 24 GB/s of W). a [rows, *] with row stride lda, rows <= kSmallRows; out row stride ldo.
+//   dot:  out[r, n] = sum_k a[r, k] W[n, k]  (x W^T), W's rows [n0, n1);
+//   axpy: out[r, k] (= or +=) sum_n a[r, n] W[n, k]  (d W), W's columns [k0, k1).
+constexpr int64_t kSmallRows = 4;
+template <typename T>
+struct SmallGemm {
+  const T* a;
+  int64_t lda, rows;
+  const T* w;
+  int64_t ldw, N, K;
+  T* out;
+  int64_t ldo;
+  bool accumulate;  // axpy: add to out
+};
+
 template <typename T>
 struct Kernels {
   TilePlan (*fwd_plan)(int64_t mode, int64_t B, int64_t H);
@@ -198,6 +216,9 @@ struct Kernels {
   // ColsGemm over the tiles [i0, i1) of cols_gemm_rows() rows of out each.
   void (*cols_gemm)(const ColsGemm<T>&, int64_t i0, int64_t i1);
   int64_t (*cols_gemm_rows)();
+  // SmallGemm over W's rows [i0, i1) (dot) or columns [i0, i1) (axpy).
+  void (*small_dot)(const SmallGemm<T>&, int64_t i0, int64_t i1);
+  void (*small_axpy)(const SmallGemm<T>&, int64_t i0, int64_t i1);
 };
 
 // One table per capability (cap_default.cpp, cap_avx2.cpp, cap_avx512.cpp).

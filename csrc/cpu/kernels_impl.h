@@ -715,6 +715,96 @@ void cols_gemm(const ColsGemm<T>& g, int64_t i0, int64_t i1) {
   }
 }
 
+// out[r, n] for W's rows [n0, n1): each W row streams once through R row accumulators (two
+// per row, for the adds' latency), which sum across their lanes at the row's end.
+template <typename T, int R>
+void small_dot_rows(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
+  constexpr int64_t V = Vec<T>::size();
+  const auto lanes_sum = [](const Vec<T>& v) {
+    alignas(64) T lane[V];
+    v.store(lane);
+    T s = 0;
+    for (int64_t i = 0; i < V; ++i) s += lane[i];
+    return s;
+  };
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* w = g.w + n * g.ldw;
+    Vec<T> acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Vec<T>(T(0));
+    int64_t k = 0;
+    for (; k + 2 * V <= g.K; k += 2 * V) {
+      const Vec<T> w0 = Vec<T>::loadu(w + k), w1 = Vec<T>::loadu(w + k + V);
+      for (int r = 0; r < R; ++r) {
+        const T* a = g.a + r * g.lda + k;
+        acc[r][0] = at::vec::fmadd(w0, Vec<T>::loadu(a), acc[r][0]);
+        acc[r][1] = at::vec::fmadd(w1, Vec<T>::loadu(a + V), acc[r][1]);
+      }
+    }
+    for (; k < g.K; k += V) {
+      const int64_t m = std::min<int64_t>(V, g.K - k);
+      const Vec<T> w0 = ld(w, k, m);
+      for (int r = 0; r < R; ++r) acc[r][0] = at::vec::fmadd(w0, ld(g.a + r * g.lda, k, m), acc[r][0]);
+    }
+    for (int r = 0; r < R; ++r) {
+      g.out[r * g.ldo + n] = lanes_sum(acc[r][0] + acc[r][1]);
+    }
+  }
+}
+
+template <typename T>
+void small_dot(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
+  switch (g.rows) {
+    case 1: return small_dot_rows<T, 1>(g, n0, n1);
+    case 2: return small_dot_rows<T, 2>(g, n0, n1);
+    case 3: return small_dot_rows<T, 3>(g, n0, n1);
+    default: return small_dot_rows<T, 4>(g, n0, n1);
+  }
+}
+
+// out[r, k] for W's columns [k0, k1), in chunks of NV vectors: every W row's chunk is added,
+// times a[r, n], into R x NV accumulators that stay in registers through all N rows.
+template <typename T, int R>
+void small_axpy_rows(const SmallGemm<T>& g, int64_t k0, int64_t k1) {
+  constexpr int64_t V = Vec<T>::size();
+  constexpr int NV = 16 / R;
+  for (int64_t c = k0; c < k1; c += NV * V) {
+    const int64_t width = std::min<int64_t>(NV * V, k1 - c);
+    Vec<T> acc[R][NV];
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>(T(0));
+    }
+    for (int64_t n = 0; n < g.N; ++n) {
+      const T* w = g.w + n * g.ldw + c;
+      Vec<T> wv[NV];
+      for (int v = 0; v < NV; ++v) {
+        const int64_t m = std::max<int64_t>(0, std::min<int64_t>(V, width - v * V));
+        wv[v] = m ? ld(w, v * V, m) : Vec<T>(T(0));
+      }
+      for (int r = 0; r < R; ++r) {
+        const Vec<T> ar(g.a[r * g.lda + n]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(ar, wv[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      T* o = g.out + r * g.ldo + c;
+      for (int v = 0; v < NV; ++v) {
+        const int64_t m = std::max<int64_t>(0, std::min<int64_t>(V, width - v * V));
+        if (m) st(g.accumulate ? acc[r][v] + ld(o, v * V, m) : acc[r][v], o, v * V, m);
+      }
+    }
+  }
+}
+
+template <typename T>
+void small_axpy(const SmallGemm<T>& g, int64_t k0, int64_t k1) {
+  switch (g.rows) {
+    case 1: return small_axpy_rows<T, 1>(g, k0, k1);
+    case 2: return small_axpy_rows<T, 2>(g, k0, k1);
+    case 3: return small_axpy_rows<T, 3>(g, k0, k1);
+    default: return small_axpy_rows<T, 4>(g, k0, k1);
+  }
+}
+
 #ifdef FUSED_RNN_BF16_PAIRS
 // This file's one entry (cap_avx512bf16.cpp): the forward step over bf16 pairs.
 void fwd_pairs(int64_t mode, const FwdStep<float>& a, int64_t i0, int64_t i1) {
@@ -726,7 +816,7 @@ const Kernels<T>& table() {
   static const Kernels<T> k{&fwd_plan<T>,      &bwd_plan<T>,      &fwd<T>,
                             &bwd<T>,           &lstm_bwd_rows<T>, &proj_fwd_post<T>,
                             &proj_bwd_pre<T>,  &rows_gemm<T>,      &cols_gemm<T>,
-                            &cols_gemm_rows<T>};
+                            &cols_gemm_rows<T>, &small_dot<T>,     &small_axpy<T>};
   return k;
 }
 

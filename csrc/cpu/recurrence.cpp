@@ -311,6 +311,40 @@ void tiles_times(const T* a, int64_t lda, int64_t R, int64_t K, const at::Tensor
 // packing a weight would cost a decoder's step more than its GEMM).
 constexpr int64_t kTilesMinRows = 256;
 
+// Weight elements a thread's share of a small-batch product must hold to pay for the
+// hand-off to a second thread (~0.5 MiB of fp32).
+constexpr int64_t kSmallSplit = int64_t(1) << 17;
+
+// out [rows, N] (row stride ldo) = a [rows, K] W^T for W [N, K] as it lies, rows <= kSmallRows.
+template <typename T>
+void small_times_transposed(const T* a, int64_t lda, int64_t rows, const at::Tensor& w, T* out,
+                            int64_t ldo) {
+  const SmallGemm<T> g{a, lda, rows, w.data_ptr<T>(), w.stride(0), w.size(0), w.size(1), out,
+                       ldo, false};
+  const int64_t grain = std::max<int64_t>(1, kSmallSplit / std::max<int64_t>(1, g.K));
+  at::parallel_for(0, g.N, grain, [&](int64_t n0, int64_t n1) { kernels<T>().small_dot(g, n0, n1); });
+}
+
+// out [rows, K] (=, or += with accumulate) a [rows, N] W for W [N, K] as it lies, rows <= kSmallRows.
+template <typename T>
+void small_times(const T* a, int64_t lda, int64_t rows, const at::Tensor& w, T* out, int64_t ldo,
+                 bool accumulate) {
+  const SmallGemm<T> g{a, lda, rows, w.data_ptr<T>(), w.stride(0), w.size(0), w.size(1), out,
+                       ldo, accumulate};
+  const int64_t grain = std::max<int64_t>(1, kSmallSplit / std::max<int64_t>(1, g.N));
+  at::parallel_for(0, g.K, grain, [&](int64_t k0, int64_t k1) { kernels<T>().small_axpy(g, k0, k1); });
+}
+
+// x [R, K] W^T for W [N, K], R below the tiles' rows: the small-batch kernels, else MKL.
+template <typename T>
+at::Tensor few_rows_times_transposed(const at::Tensor& x, const at::Tensor& w) {
+  const int64_t R = x.size(0);
+  if (R > kSmallRows || x.stride(1) != 1 || w.stride(1) != 1) return at::mm(x, w.t());
+  at::Tensor out = at::empty({R, w.size(0)}, x.options());
+  small_times_transposed<T>(x.data_ptr<T>(), x.stride(0), R, w, out.data_ptr<T>(), out.stride(0));
+  return out;
+}
+
 // x [R, K] W^T for W [N, K] (the input projection of all steps), through the tiles from
 // kTilesMinRows rows: the training forward of T=100, B=16, I=H=256 LSTM (this GEMM forced) in
 // 10.17 vs 10.56 ms with MKL's at::mm (median of 40 alternating runs). W packs straight into
@@ -318,7 +352,7 @@ constexpr int64_t kTilesMinRows = 256;
 template <typename T>
 at::Tensor times_transposed(const at::Tensor& x, const at::Tensor& w) {
   const int64_t R = x.size(0), N = w.size(0);
-  if (R < kTilesMinRows) return at::mm(x, w.t());
+  if (R < kTilesMinRows) return few_rows_times_transposed<T>(x, w);
   const TilePlan plan = kernels<T>().bwd_plan(1, N);
   const at::Tensor packed = pack_fwd<T>({w}, 1, plan);  // [panels, K, 1, units]
   at::Tensor out = at::empty({R, N}, x.options());
@@ -411,7 +445,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   const bool input_gemm = !pairs && (one_step || use_input_gemm(B, nT, panel_cache().active(),
                                                                 (I + P) * GH * int64_t(sizeof(T))));
   const at::Tensor gi = input_gemm ? times_transposed<T>(x.view({nT * B, I}), w_ih) : at::Tensor();
-  const at::Tensor gh = one_step ? at::mm(h0c, w_hh.t()) : at::Tensor();
+  const at::Tensor gh = one_step ? few_rows_times_transposed<T>(h0c, w_hh) : at::Tensor();
   // Keyed on both weights; the sign of G tells the two layouts (W_hh alone with the input
   // GEMM, [W_ih | W_hh] without) apart.
   const at::Tensor w_packed =
@@ -506,14 +540,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
 
 // ---------------------------------------------------------------- backward
 
+// dh += da W for W [N, K]: the small-batch kernel for a few rows, else MKL.
+template <typename T>
+void add_product(at::Tensor& dh, const at::Tensor& da, const at::Tensor& w) {
+  if (dh.size(0) > kSmallRows || da.stride(1) != 1 || w.stride(1) != 1 || !dh.is_contiguous()) {
+    dh.addmm_(da, w);
+    return;
+  }
+  small_times<T>(da.data_ptr<T>(), da.stride(0), da.size(0), w, dh.data_ptr<T>(), dh.stride(0),
+                 /*accumulate=*/true);
+}
+
 // dh += da[:, hidden side] W_hh, da [B, ld] in the slot layout of kernels.h's BwdStep.
+template <typename T>
 void add_hidden_side_product(at::Tensor& dh, const at::Tensor& da, const at::Tensor& w_hh,
                              int64_t mode, int64_t H) {
   if (mode == kGRU) {
-    dh.addmm_(da.narrow(1, 0, 2 * H), w_hh.narrow(0, 0, 2 * H));
-    dh.addmm_(da.narrow(1, 3 * H, H), w_hh.narrow(0, 2 * H, H));
+    add_product<T>(dh, da.narrow(1, 0, 2 * H), w_hh.narrow(0, 0, 2 * H));
+    add_product<T>(dh, da.narrow(1, 3 * H, H), w_hh.narrow(0, 2 * H, H));
   } else {
-    dh.addmm_(da, w_hh);
+    add_product<T>(dh, da, w_hh);
   }
 }
 
@@ -717,7 +763,7 @@ std::pair<at::Tensor, at::Tensor> backward_loop(
         fill();
       }
     }
-    if (nT > 0) add_hidden_side_product(dh, carry, w_hh, mode, H);
+    if (nT > 0) add_hidden_side_product<T>(dh, carry, w_hh, mode, H);
     // In row-block order, by hand: the same sums whatever the threads.
     db_sums = db_parts[0].clone();
     for (int64_t r = 1; r < row_blocks; ++r) db_sums.add_(db_parts[r]);
@@ -791,6 +837,11 @@ struct SumRows {
   template <typename T>
   void add_dx(at::Tensor& dx, const at::Tensor& w, const at::Tensor& w_packed, TilePlan plan) const {
     const int64_t R = D.size(0), K = w.size(0), N = w.size(1);
+    if (!w_packed.defined() && !Dh.defined() && R <= kSmallRows && !natural.defined()) {
+      small_times<T>(D.data_ptr<T>(), D.stride(0), R, w, dx.data_ptr<T>() + t0 * B * N, N,
+                     /*accumulate=*/false);
+      return;
+    }
     if (!w_packed.defined()) {
       const at::Tensor rows = at::mm((Dh.defined() ? Dh : D).narrow(1, 0, K), w);
       if (natural.defined()) {
