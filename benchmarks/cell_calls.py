@@ -12,6 +12,7 @@ fresh process of their own, alternating, ``--rounds`` times. Ratios are of media
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import statistics
 import subprocess
@@ -126,6 +127,11 @@ def main(argv=None) -> None:
         cell, B, H, which = args.child_loop
         print(_loop_us(cell, int(B), int(H), which, args.steps, args.repeats))
         return
+    from .run import _device_name, _git
+
+    commit = (_git("rev-parse", "HEAD") or "?")[:10]
+    print(f"{_device_name(torch.device('cpu'))} (cpu), commit {commit}, "
+          f"{datetime.date.today()}, python -m benchmarks.cell_calls")
     print(f"{torch.get_num_threads()} threads, float32, torch {torch.__version__}; median us; "
           "calls interleaved, " + (f"loops in {args.rounds} fresh-process pairs" if args.rounds
                                    else "loops interleaved"))

@@ -156,14 +156,15 @@ def _graph_nodes(fn, seen=None):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 64, 65])
 @pytest.mark.parametrize("sizes", [(37, 19), (200, 300)], ids=["tails", "split-over-threads"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_few_rows_take_the_small_batch_kernels_and_match_torch(cell, batch, sizes, dtype):
-    """Up to 4 rows (a greedy decoder's), the step's products with W_ih, W_hh and their
+    """Up to 64 rows (a decoder's batch), the step's products with W_ih, W_hh and their
     backward's with the gate gradients run on the weights as they lie (kernels.h's
-    SmallGemm): sizes off the vector width (37, 19), and weights large enough to be split over
-    threads (200, 300); 5 rows take MKL, for comparison."""
+    SmallGemm, in groups of 4 rows: 1-3 and 5 leave partial groups): sizes off the vector
+    width (37, 19), and weights large enough to be split over threads (200, 300); 65 rows
+    take MKL, for comparison."""
     n_in, n_hidden = sizes
     torch_cls, fused_cls = CELLS[cell]
     ref = torch_cls(n_in, n_hidden).to(dtype)

@@ -751,13 +751,34 @@ void small_dot_rows(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
   }
 }
 
+// g's rows [r0, r0 + 4) at most, as a SmallGemm of their own.
+template <typename T>
+SmallGemm<T> row_group(const SmallGemm<T>& g, int64_t r0) {
+  SmallGemm<T> part = g;
+  part.a += r0 * g.lda;
+  part.out += r0 * g.ldo;
+  part.rows = std::min<int64_t>(4, g.rows - r0);
+  return part;
+}
+
+// Bytes of W that the groups of 4 rows after the first find in L1 (dot) or L2 (axpy).
+constexpr int64_t kSmallDotBlockBytes = int64_t(32) << 10;
+constexpr int64_t kSmallAxpyBlockBytes = int64_t(512) << 10;
+
 template <typename T>
 void small_dot(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
-  switch (g.rows) {
-    case 1: return small_dot_rows<T, 1>(g, n0, n1);
-    case 2: return small_dot_rows<T, 2>(g, n0, n1);
-    case 3: return small_dot_rows<T, 3>(g, n0, n1);
-    default: return small_dot_rows<T, 4>(g, n0, n1);
+  const int64_t block = std::max<int64_t>(1, kSmallDotBlockBytes / int64_t(sizeof(T) * g.K));
+  for (int64_t b0 = n0; b0 < n1; b0 += block) {
+    const int64_t b1 = std::min(n1, b0 + block);
+    for (int64_t r0 = 0; r0 < g.rows; r0 += 4) {
+      const SmallGemm<T> part = row_group(g, r0);
+      switch (part.rows) {
+        case 1: small_dot_rows<T, 1>(part, b0, b1); break;
+        case 2: small_dot_rows<T, 2>(part, b0, b1); break;
+        case 3: small_dot_rows<T, 3>(part, b0, b1); break;
+        default: small_dot_rows<T, 4>(part, b0, b1);
+      }
+    }
   }
 }
 
@@ -797,11 +818,20 @@ void small_axpy_rows(const SmallGemm<T>& g, int64_t k0, int64_t k1) {
 
 template <typename T>
 void small_axpy(const SmallGemm<T>& g, int64_t k0, int64_t k1) {
-  switch (g.rows) {
-    case 1: return small_axpy_rows<T, 1>(g, k0, k1);
-    case 2: return small_axpy_rows<T, 2>(g, k0, k1);
-    case 3: return small_axpy_rows<T, 3>(g, k0, k1);
-    default: return small_axpy_rows<T, 4>(g, k0, k1);
+  constexpr int64_t V4 = 4 * Vec<T>::size();  // the columns of a group of 4 rows' chunk
+  const int64_t block = std::max<int64_t>(
+      1, kSmallAxpyBlockBytes / int64_t(sizeof(T) * std::max<int64_t>(1, g.N)) / V4) * V4;
+  for (int64_t c0 = k0; c0 < k1; c0 += block) {
+    const int64_t c1 = std::min(k1, c0 + block);
+    for (int64_t r0 = 0; r0 < g.rows; r0 += 4) {
+      const SmallGemm<T> part = row_group(g, r0);
+      switch (part.rows) {
+        case 1: small_axpy_rows<T, 1>(part, c0, c1); break;
+        case 2: small_axpy_rows<T, 2>(part, c0, c1); break;
+        case 3: small_axpy_rows<T, 3>(part, c0, c1); break;
+        default: small_axpy_rows<T, 4>(part, c0, c1);
+      }
+    }
   }
 }
 
