@@ -188,3 +188,24 @@ def test_few_rows_take_the_small_batch_kernels_and_match_torch(cell, batch, size
     names = ["x"] + [f"state{i}" for i in range(len(states))] + [n for n, _ in fused.named_parameters()]
     for a, e, n in zip(grads["fused"], grads["torch"], names):
         assert_close(a, e, rtol=rtol, atol=atol, name=f"d{n}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("steps,batch", [(70, 1), (70, 3)])
+def test_short_sequences_with_large_weights_take_the_small_batch_kernels(cell, steps, batch):
+    """Fewer than 256 rows over all steps (T*B = 70, 210), more than 64, with W_ih of 1 MiB
+    or more: the input projection and the backward's dx take the small-batch kernels too."""
+    torch_cls, fused_cls = MODULES[cell]
+    size = 256 if cell == "lstm" else 300  # W_ih: 1 MiB, 1.03 MiB
+    ref = torch_cls(size, size)
+    fused = fused_cls(size, size)
+    fused.load_state_dict(ref.state_dict())
+    x = randn(steps, batch, size, requires_grad=True)
+    with fused_rnn.use_backend("cpu"):
+        got, want = fused(x)[0], ref(x)[0]
+        dy = torch.randn_like(want)
+        got_grads = torch.autograd.grad(got, [x, *fused.parameters()], dy)
+        want_grads = torch.autograd.grad(want, [x, *ref.parameters()], dy)
+    assert_close(got, want, rtol=1e-5, atol=1e-5, name="output")
+    for a, e, n in zip(got_grads, want_grads, ["x"] + [n for n, _ in fused.named_parameters()]):
+        assert_close(a, e, rtol=1e-4, atol=1e-4, name=f"d{n}")

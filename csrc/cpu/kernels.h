@@ -185,13 +185,11 @@ struct ColsGemm {
 // Products of a few rows with a weight as it lies, W [N, K] row-major (row stride ldw): a
 // decoder's single step, where packing W into panels costs more than the product and MKL's
 // small GEMMs run far below the cache's bandwidth on these CPUs (AMD: B1 K256 N1024: 71 GB/s
-// of W, B4: 24 GB/s, B16: 16 GB/s). a [rows, *] with row stride lda, rows <= kSmallRows (in
-// groups of 4 that share W's rows or columns in cache); out row stride ldo. Up to 64 rows
-// they beat MKL here (Zen 5, one LSTMCell step of I=H=512: B32 0.66x MKL's time, B64 0.85x;
-// not measured on an Intel CPU, where MKL takes its own fast paths).
+// of W, B4: 24 GB/s, B16: 16 GB/s). a [rows, *] with row stride lda, in groups of 4 rows that
+// share W's rows or columns in cache; out row stride ldo. Which products take them:
+// recurrence.cpp's small_rows.
 //   dot:  out[r, n] = sum_k a[r, k] W[n, k]  (x W^T), W's rows [n0, n1);
 //   axpy: out[r, k] (= or +=) sum_n a[r, n] W[n, k]  (d W), W's columns [k0, k1).
-constexpr int64_t kSmallRows = 64;
 template <typename T>
 struct SmallGemm {
   const T* a;

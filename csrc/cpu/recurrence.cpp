@@ -315,7 +315,20 @@ constexpr int64_t kTilesMinRows = 256;
 // hand-off to a second thread (~0.5 MiB of fp32).
 constexpr int64_t kSmallSplit = int64_t(1) << 17;
 
-// out [rows, N] (row stride ldo) = a [rows, K] W^T for W [N, K] as it lies, rows <= kSmallRows.
+// Whether a product of `rows` rows with W goes to the small-batch kernels (kernels.h's
+// SmallGemm) rather than MKL: up to 64 rows (a decoder's step; Zen 5, one LSTMCell step of
+// I=H=512: B1 0.50x torch.nn's time, B16 0.53x, B32 0.48x, B64 0.57x), and below the tiles'
+// rows where W holds 1 MiB or more (the T=100 B=1 input projection, 100 rows: LSTM I=H=256
+// forward 0.80 -> 0.71 ms; an RNN's 256 KiB W_ih went 0.28 -> 0.34 ms: MKL keeps those).
+// Not measured on an Intel CPU, where MKL takes faster paths of its own.
+constexpr int64_t kSmallRows = 64;
+template <typename T>
+bool small_rows(int64_t rows, const at::Tensor& w) {
+  return rows <= kSmallRows ||
+         (rows < kTilesMinRows && w.numel() * int64_t(sizeof(T)) >= (int64_t(1) << 20));
+}
+
+// out [rows, N] (row stride ldo) = a [rows, K] W^T for W [N, K] as it lies.
 template <typename T>
 void small_times_transposed(const T* a, int64_t lda, int64_t rows, const at::Tensor& w, T* out,
                             int64_t ldo) {
@@ -325,7 +338,7 @@ void small_times_transposed(const T* a, int64_t lda, int64_t rows, const at::Ten
   at::parallel_for(0, g.N, grain, [&](int64_t n0, int64_t n1) { kernels<T>().small_dot(g, n0, n1); });
 }
 
-// out [rows, K] (=, or += with accumulate) a [rows, N] W for W [N, K] as it lies, rows <= kSmallRows.
+// out [rows, K] (=, or += with accumulate) a [rows, N] W for W [N, K] as it lies.
 template <typename T>
 void small_times(const T* a, int64_t lda, int64_t rows, const at::Tensor& w, T* out, int64_t ldo,
                  bool accumulate) {
@@ -339,7 +352,7 @@ void small_times(const T* a, int64_t lda, int64_t rows, const at::Tensor& w, T* 
 template <typename T>
 at::Tensor few_rows_times_transposed(const at::Tensor& x, const at::Tensor& w) {
   const int64_t R = x.size(0);
-  if (R > kSmallRows || x.stride(1) != 1 || w.stride(1) != 1) return at::mm(x, w.t());
+  if (!small_rows<T>(R, w) || x.stride(1) != 1 || w.stride(1) != 1) return at::mm(x, w.t());
   at::Tensor out = at::empty({R, w.size(0)}, x.options());
   small_times_transposed<T>(x.data_ptr<T>(), x.stride(0), R, w, out.data_ptr<T>(), out.stride(0));
   return out;
@@ -543,7 +556,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
 // dh += da W for W [N, K]: the small-batch kernel for a few rows, else MKL.
 template <typename T>
 void add_product(at::Tensor& dh, const at::Tensor& da, const at::Tensor& w) {
-  if (dh.size(0) > kSmallRows || da.stride(1) != 1 || w.stride(1) != 1 || !dh.is_contiguous()) {
+  if (!small_rows<T>(dh.size(0), w) || da.stride(1) != 1 || w.stride(1) != 1 ||
+      !dh.is_contiguous()) {
     dh.addmm_(da, w);
     return;
   }
@@ -837,7 +851,7 @@ struct SumRows {
   template <typename T>
   void add_dx(at::Tensor& dx, const at::Tensor& w, const at::Tensor& w_packed, TilePlan plan) const {
     const int64_t R = D.size(0), K = w.size(0), N = w.size(1);
-    if (!w_packed.defined() && !Dh.defined() && R <= kSmallRows && !natural.defined()) {
+    if (!w_packed.defined() && !Dh.defined() && small_rows<T>(R, w) && !natural.defined()) {
       small_times<T>(D.data_ptr<T>(), D.stride(0), R, w, dx.data_ptr<T>() + t0 * B * N, N,
                      /*accumulate=*/false);
       return;
