@@ -19,6 +19,7 @@ def test_command_prints_the_table(capsys):
     cell_calls.main(["--cells", "GRUCell", "--sizes", "2x8", "--repeats", "2", "--steps", "2",
                      "--rounds", "1"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split("|")[0].strip() == "cell"
-    assert [l.split("|")[3].strip() for l in lines[2:]] == ["call", "2 calls+bwd"]
-    assert all(float(l.split("|")[4]) > 0 and float(l.split("|")[5]) > 0 for l in lines[2:])
+    assert "(cpu), commit " in lines[0] and "python -m benchmarks.cell_calls" in lines[0]
+    assert lines[2].split("|")[0].strip() == "cell"
+    assert [l.split("|")[3].strip() for l in lines[3:]] == ["call", "2 calls+bwd"]
+    assert all(float(l.split("|")[4]) > 0 and float(l.split("|")[5]) > 0 for l in lines[3:])

@@ -761,6 +761,17 @@ SmallGemm<T> row_group(const SmallGemm<T>& g, int64_t r0) {
   return part;
 }
 
+// f(std::integral_constant<int, R>) for a group's R = rows (1-4) rows.
+template <typename F>
+inline void for_group_rows(int64_t rows, const F& f) {
+  switch (rows) {
+    case 1: return f(std::integral_constant<int, 1>());
+    case 2: return f(std::integral_constant<int, 2>());
+    case 3: return f(std::integral_constant<int, 3>());
+    default: return f(std::integral_constant<int, 4>());
+  }
+}
+
 // Bytes of W that the groups of 4 rows after the first find in L1 (dot) or L2 (axpy).
 constexpr int64_t kSmallDotBlockBytes = int64_t(32) << 10;
 constexpr int64_t kSmallAxpyBlockBytes = int64_t(512) << 10;
@@ -772,12 +783,7 @@ void small_dot(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
     const int64_t b1 = std::min(n1, b0 + block);
     for (int64_t r0 = 0; r0 < g.rows; r0 += 4) {
       const SmallGemm<T> part = row_group(g, r0);
-      switch (part.rows) {
-        case 1: small_dot_rows<T, 1>(part, b0, b1); break;
-        case 2: small_dot_rows<T, 2>(part, b0, b1); break;
-        case 3: small_dot_rows<T, 3>(part, b0, b1); break;
-        default: small_dot_rows<T, 4>(part, b0, b1);
-      }
+      for_group_rows(part.rows, [&](auto R) { small_dot_rows<T, decltype(R)::value>(part, b0, b1); });
     }
   }
 }
@@ -825,12 +831,7 @@ void small_axpy(const SmallGemm<T>& g, int64_t k0, int64_t k1) {
     const int64_t c1 = std::min(k1, c0 + block);
     for (int64_t r0 = 0; r0 < g.rows; r0 += 4) {
       const SmallGemm<T> part = row_group(g, r0);
-      switch (part.rows) {
-        case 1: small_axpy_rows<T, 1>(part, c0, c1); break;
-        case 2: small_axpy_rows<T, 2>(part, c0, c1); break;
-        case 3: small_axpy_rows<T, 3>(part, c0, c1); break;
-        default: small_axpy_rows<T, 4>(part, c0, c1);
-      }
+      for_group_rows(part.rows, [&](auto R) { small_axpy_rows<T, decltype(R)::value>(part, c0, c1); });
     }
   }
 }

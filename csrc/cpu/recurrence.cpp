@@ -328,24 +328,19 @@ bool small_rows(int64_t rows, const at::Tensor& w) {
          (rows < kTilesMinRows && w.numel() * int64_t(sizeof(T)) >= (int64_t(1) << 20));
 }
 
-// out [rows, N] (row stride ldo) = a [rows, K] W^T for W [N, K] as it lies.
+// out [rows, N] (row stride ldo) = a [rows, K] W^T (`transposed`), or out [rows, K] (=, or +=
+// with accumulate) a [rows, N] W, for W [N, K] as it lies; threads split W's rows (the dot)
+// or its columns (the axpy).
 template <typename T>
-void small_times_transposed(const T* a, int64_t lda, int64_t rows, const at::Tensor& w, T* out,
-                            int64_t ldo) {
-  const SmallGemm<T> g{a, lda, rows, w.data_ptr<T>(), w.stride(0), w.size(0), w.size(1), out,
-                       ldo, false};
-  const int64_t grain = std::max<int64_t>(1, kSmallSplit / std::max<int64_t>(1, g.K));
-  at::parallel_for(0, g.N, grain, [&](int64_t n0, int64_t n1) { kernels<T>().small_dot(g, n0, n1); });
-}
-
-// out [rows, K] (=, or += with accumulate) a [rows, N] W for W [N, K] as it lies.
-template <typename T>
-void small_times(const T* a, int64_t lda, int64_t rows, const at::Tensor& w, T* out, int64_t ldo,
-                 bool accumulate) {
+void small_product(const T* a, int64_t lda, int64_t rows, const at::Tensor& w, T* out,
+                   int64_t ldo, bool transposed, bool accumulate) {
   const SmallGemm<T> g{a, lda, rows, w.data_ptr<T>(), w.stride(0), w.size(0), w.size(1), out,
                        ldo, accumulate};
-  const int64_t grain = std::max<int64_t>(1, kSmallSplit / std::max<int64_t>(1, g.N));
-  at::parallel_for(0, g.K, grain, [&](int64_t k0, int64_t k1) { kernels<T>().small_axpy(g, k0, k1); });
+  const Kernels<T>& k = kernels<T>();
+  const auto kernel = transposed ? k.small_dot : k.small_axpy;
+  const int64_t span = transposed ? g.N : g.K, across = transposed ? g.K : g.N;
+  const int64_t grain = std::max<int64_t>(1, kSmallSplit / std::max<int64_t>(1, across));
+  at::parallel_for(0, span, grain, [&](int64_t i0, int64_t i1) { kernel(g, i0, i1); });
 }
 
 // x [R, K] W^T for W [N, K], R below the tiles' rows: the small-batch kernels, else MKL.
@@ -354,7 +349,8 @@ at::Tensor few_rows_times_transposed(const at::Tensor& x, const at::Tensor& w) {
   const int64_t R = x.size(0);
   if (!small_rows<T>(R, w) || x.stride(1) != 1 || w.stride(1) != 1) return at::mm(x, w.t());
   at::Tensor out = at::empty({R, w.size(0)}, x.options());
-  small_times_transposed<T>(x.data_ptr<T>(), x.stride(0), R, w, out.data_ptr<T>(), out.stride(0));
+  small_product<T>(x.data_ptr<T>(), x.stride(0), R, w, out.data_ptr<T>(), out.stride(0),
+                   /*transposed=*/true, /*accumulate=*/false);
   return out;
 }
 
@@ -561,8 +557,8 @@ void add_product(at::Tensor& dh, const at::Tensor& da, const at::Tensor& w) {
     dh.addmm_(da, w);
     return;
   }
-  small_times<T>(da.data_ptr<T>(), da.stride(0), da.size(0), w, dh.data_ptr<T>(), dh.stride(0),
-                 /*accumulate=*/true);
+  small_product<T>(da.data_ptr<T>(), da.stride(0), da.size(0), w, dh.data_ptr<T>(), dh.stride(0),
+                   /*transposed=*/false, /*accumulate=*/true);
 }
 
 // dh += da[:, hidden side] W_hh, da [B, ld] in the slot layout of kernels.h's BwdStep.
@@ -852,8 +848,8 @@ struct SumRows {
   void add_dx(at::Tensor& dx, const at::Tensor& w, const at::Tensor& w_packed, TilePlan plan) const {
     const int64_t R = D.size(0), K = w.size(0), N = w.size(1);
     if (!w_packed.defined() && !Dh.defined() && small_rows<T>(R, w) && !natural.defined()) {
-      small_times<T>(D.data_ptr<T>(), D.stride(0), R, w, dx.data_ptr<T>() + t0 * B * N, N,
-                     /*accumulate=*/false);
+      small_product<T>(D.data_ptr<T>(), D.stride(0), R, w, dx.data_ptr<T>() + t0 * B * N, N,
+                       /*transposed=*/false, /*accumulate=*/false);
       return;
     }
     if (!w_packed.defined()) {
