@@ -715,9 +715,9 @@ void cols_gemm(const ColsGemm<T>& g, int64_t i0, int64_t i1) {
   }
 }
 
-// out[r, n] for W's rows [n0, n1): each W row streams once through R row accumulators (two
+// out[r, n] for W's rows [n0, n1): each W row streams once through MR row accumulators (two
 // per row, for the adds' latency), which sum across their lanes at the row's end.
-template <typename T, int R>
+template <typename T, int MR>
 void small_dot_rows(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
   constexpr int64_t V = Vec<T>::size();
   const auto lanes_sum = [](const Vec<T>& v) {
@@ -729,12 +729,12 @@ void small_dot_rows(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
   };
   for (int64_t n = n0; n < n1; ++n) {
     const T* w = g.w + n * g.ldw;
-    Vec<T> acc[R][2];
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Vec<T>(T(0));
+    Vec<T> acc[MR][2];
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = Vec<T>(T(0));
     int64_t k = 0;
     for (; k + 2 * V <= g.K; k += 2 * V) {
       const Vec<T> w0 = Vec<T>::loadu(w + k), w1 = Vec<T>::loadu(w + k + V);
-      for (int r = 0; r < R; ++r) {
+      for (int r = 0; r < MR; ++r) {
         const T* a = g.a + r * g.lda + k;
         acc[r][0] = at::vec::fmadd(w0, Vec<T>::loadu(a), acc[r][0]);
         acc[r][1] = at::vec::fmadd(w1, Vec<T>::loadu(a + V), acc[r][1]);
@@ -743,9 +743,9 @@ void small_dot_rows(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
     for (; k < g.K; k += V) {
       const int64_t m = std::min<int64_t>(V, g.K - k);
       const Vec<T> w0 = ld(w, k, m);
-      for (int r = 0; r < R; ++r) acc[r][0] = at::vec::fmadd(w0, ld(g.a + r * g.lda, k, m), acc[r][0]);
+      for (int r = 0; r < MR; ++r) acc[r][0] = at::vec::fmadd(w0, ld(g.a + r * g.lda, k, m), acc[r][0]);
     }
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < MR; ++r) {
       g.out[r * g.ldo + n] = lanes_sum(acc[r][0] + acc[r][1]);
     }
   }
@@ -789,15 +789,15 @@ void small_dot(const SmallGemm<T>& g, int64_t n0, int64_t n1) {
 }
 
 // out[r, k] for W's columns [k0, k1), in chunks of NV vectors: every W row's chunk is added,
-// times a[r, n], into R x NV accumulators that stay in registers through all N rows.
-template <typename T, int R>
+// times a[r, n], into MR x NV accumulators that stay in registers through all N rows.
+template <typename T, int MR>
 void small_axpy_rows(const SmallGemm<T>& g, int64_t k0, int64_t k1) {
   constexpr int64_t V = Vec<T>::size();
-  constexpr int NV = 16 / R;
+  constexpr int NV = 16 / MR;
   for (int64_t c = k0; c < k1; c += NV * V) {
     const int64_t width = std::min<int64_t>(NV * V, k1 - c);
-    Vec<T> acc[R][NV];
-    for (int r = 0; r < R; ++r) {
+    Vec<T> acc[MR][NV];
+    for (int r = 0; r < MR; ++r) {
       for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>(T(0));
     }
     for (int64_t n = 0; n < g.N; ++n) {
@@ -807,12 +807,12 @@ void small_axpy_rows(const SmallGemm<T>& g, int64_t k0, int64_t k1) {
         const int64_t m = std::max<int64_t>(0, std::min<int64_t>(V, width - v * V));
         wv[v] = m ? ld(w, v * V, m) : Vec<T>(T(0));
       }
-      for (int r = 0; r < R; ++r) {
+      for (int r = 0; r < MR; ++r) {
         const Vec<T> ar(g.a[r * g.lda + n]);
         for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(ar, wv[v], acc[r][v]);
       }
     }
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < MR; ++r) {
       T* o = g.out + r * g.ldo + c;
       for (int v = 0; v < NV; ++v) {
         const int64_t m = std::max<int64_t>(0, std::min<int64_t>(V, width - v * V));
