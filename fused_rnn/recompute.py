@@ -8,9 +8,9 @@ same numbers, for the forward's GEMM work once more. Other backends, dtypes and
 projections keep everything either way.
 
 The recompute holds buffers of its own through the backward: the forward's panels of
-``[W_ih | W_hh]`` (I + P rows of G*H) and a ring of ~512 rows of 4H (``chunk_steps`` in
+``[W_ih | W_hh]`` (I + P rows of G*H) and a ring of ~256 rows of 4H (``kRecomputeRows`` in
 csrc/cpu/recurrence.cpp). A layer recomputes only where its activations (T*B rows of 4H)
-outweigh both, T*B > I + P + 512; below that, recompute would cost memory as well as time,
+outweigh both, T*B > I + P + 256; below that, recompute would cost memory as well as time,
 and the layer keeps its activations (``FUSED_RNN_RECOMPUTE=always`` recomputes there too:
 for the tests, which run small shapes).
 
@@ -35,7 +35,7 @@ _ENV = os.environ.get("FUSED_RNN_RECOMPUTE", "").strip()
 if _ENV not in ("", "0", "1", "always"):
     raise ValueError(f"FUSED_RNN_RECOMPUTE must be 0, 1 or always, got {_ENV!r}")
 _ALWAYS = _ENV == "always"
-RING_ROWS = 512
+RING_ROWS = 256
 _global: Optional[bool] = None
 _context: contextvars.ContextVar = contextvars.ContextVar("fused_rnn_recompute", default=None)
 
