@@ -134,9 +134,10 @@ def test_cpu_cell_training_loop_does_not_fault_its_weight_gradients_back_in(B, H
     # with the heap's layout, so the median of three. The loop's 10 calls write 10 blocks of
     # weight gradients (H=512: 8 MiB each, 20,480 pages in all; H=1024: 32 MiB, 81,920).
     # H=512 as two blocks faulted 4.5k-12.4k pages per loop (median 7.5k), as one block
-    # 0.4k-3.5k, torch.nn's LSTMCell 1.3k-4.6k. H=1024 as one block (above glibc's largest
-    # mmap threshold, so mapped per call) 65k-90k, as two 7k-69k, pooled 3.7k-6.5k,
-    # torch.nn 15k-20k.
+    # 0.4k-3.5k (with MKL's small GEMMs; 1.4k-6.3k without them), pooled 0.3k-2.1k,
+    # torch.nn's LSTMCell 1.3k-4.6k. H=1024 as one block (above glibc's largest mmap
+    # threshold, so mapped per call) 65k-90k, as two 7k-69k, pooled 3.3k-7.8k, torch.nn
+    # 15k-20k.
     pages = 10 * 2 * (4 * H * H * 4) // os.sysconf("SC_PAGE_SIZE")
     counts = []
     for _ in range(3):

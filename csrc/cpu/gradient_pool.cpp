@@ -15,7 +15,7 @@ namespace cpu {
 namespace {
 
 constexpr size_t kKeep = 2;
-constexpr size_t kPooledBytes = size_t(32) << 20;
+constexpr size_t kPooledBytes = size_t(4) << 20;
 
 struct Pool {
   std::mutex mu;
