@@ -302,7 +302,8 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     input [B, I] or unbatched [I]; hx: ``(h [B, H], c [B, H])`` for LSTM, ``h [B, H]``
     otherwise, or None for zeros. Returns ``(h', c')`` for LSTM, else ``h'``.
     """
-    out = _cell_checked_by_the_op(mode, input, hx, LayerWeights(w_ih, w_hh, b_ih, b_hh, None))
+    w = LayerWeights(w_ih, w_hh, b_ih, b_hh, None)
+    out = _cell_checked_by_the_op(mode, input, hx, w)
     if out is not None:
         return out
     check_float_tensor("input", input)
@@ -316,7 +317,6 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     x = input.reshape(1, -1) if unbatched else input  # [B, I]
     # One layer, one step, straight to the backend's step: the multi-layer path's splitting,
     # stacking and second round of checks cost a decoder ~60 us per call (more than the step).
-    w = LayerWeights(w_ih, w_hh, b_ih, b_hh, None)
     _check_weights([[w]], x, mode)
     B, H = x.shape[0], w_hh.shape[1]
     if hx is None:

@@ -15,7 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <memory>
+#include <optional>
 #include <type_traits>
 #include <mutex>
 #include <utility>
@@ -650,7 +650,8 @@ struct ActsRecompute {
 
 // The reverse loop. Writes the gate gradients of every step into da (LSTM and GRU: the saved
 // activations [T, B, 4H], in place; with `ring`, a buffer of `chunk` steps that each chunk
-// reuses, which `recompute` fills with the chunk's activations where they were not kept), fills dhs [T, B, P] with a projection (dh + dy per step, for dW_hr) and, without
+// reuses, which `recompute` fills with the chunk's activations where they were not kept),
+// fills dhs [T, B, P] with a projection (dh + dy per step, for dW_hr) and, without
 // one, db_sums [ld] (the gate gradients summed over steps and rows); returns dh0, dc0. Each
 // time steps [t0, t1) are done (`chunk` of them; all at once with a projection),
 // on_chunk(t0, t1, rows) takes their gradients, rows [(t1 - t0) * B, ld], whose order it may
@@ -820,8 +821,9 @@ constexpr double kLeaveOutBelow = 0.9;
 // tile chunk: 1 MiB less at T=100, B=64, I=H=256 (LSTM 26.5 vs 27.5 MiB), in the same time
 // (`benchmarks.ab`, 4 rounds: 63.1 vs 62.9 ms; GRU 48.9 vs 47.9, within the noise).
 // FUSED_RNN_CPU_SUM_ROWS sets the rows per chunk (the tests force many chunks).
+constexpr int64_t kSumRows = 512;
 constexpr int64_t kRecomputeRows = 256;
-int64_t chunk_steps(int64_t T, int64_t B, bool ring, int64_t default_rows = 512) {
+int64_t chunk_steps(int64_t T, int64_t B, bool ring, int64_t default_rows) {
   static const char* env = std::getenv("FUSED_RNN_CPU_SUM_ROWS");
   const int64_t all = std::max<int64_t>(T, 1);
   if (!ring && !(env && *env)) return all;
@@ -1036,7 +1038,7 @@ std::vector<at::Tensor> backward_impl(
   const bool recompute = act_count(mode) && saved[0].size(0) != nT;
   const bool ring = !act_count(mode) || bf16.acts.defined() || recompute;
   const int64_t chunk = proj ? std::max<int64_t>(nT, 1)
-                      : chunk_steps(nT, B, ring, recompute ? kRecomputeRows : 512);
+                      : chunk_steps(nT, B, ring, recompute ? kRecomputeRows : kSumRows);
   const int64_t ld = act_count(mode) ? saved[0].size(2) : H;
   const at::Tensor da = ring ? at::empty({chunk, B, ld}, opts) : saved[0];
   if (act_count(mode)) n++;
@@ -1051,12 +1053,15 @@ std::vector<at::Tensor> backward_impl(
 
   at::Tensor dhs = proj ? at::empty({nT, B, P}, opts) : at::Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, len};
+  std::optional<ActsRecompute<T>> acts_recompute;
   std::function<void(int64_t, int64_t, const at::Tensor&)> recompute_acts;
   if (recompute) {
     TORCH_CHECK(!proj && !bf16.acts.defined() && x.scalar_type() == da.scalar_type(),
                 "fused_rnn: internal: activations are recomputed in fp32/fp64 without projection");
-    auto r = std::make_shared<ActsRecompute<T>>(mode, shape, x, w_ih, w_hh, b_ih, b_hh, hs, cs);
-    recompute_acts = [r](int64_t t0, int64_t t1, const at::Tensor& ring_da) { (*r)(t0, t1, ring_da); };
+    acts_recompute.emplace(mode, shape, x, w_ih, w_hh, b_ih, b_hh, hs, cs);
+    recompute_acts = [&](int64_t t0, int64_t t1, const at::Tensor& ring_da) {
+      (*acts_recompute)(t0, t1, ring_da);
+    };
   }
   at::Tensor dh0, dc0;
   at::Tensor db_sums;  // [ld] the gate gradients summed over steps and rows, or undefined
