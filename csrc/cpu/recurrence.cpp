@@ -316,10 +316,13 @@ constexpr int64_t kTilesMinRows = 256;
 constexpr int64_t kSmallSplit = int64_t(1) << 17;
 
 // Whether a product of `rows` rows with W goes to the small-batch kernels (kernels.h's
-// SmallGemm) rather than MKL: up to 64 rows (a decoder's step; Zen 5, one LSTMCell step of
-// I=H=512: B1 0.50x torch.nn's time, B16 0.53x, B32 0.48x, B64 0.57x), and below the tiles'
-// rows where W holds 1 MiB or more (the T=100 B=1 input projection, 100 rows: LSTM I=H=256
-// forward 0.80 -> 0.71 ms; an RNN's 256 KiB W_ih went 0.28 -> 0.34 ms: MKL keeps those).
+// SmallGemm) rather than MKL: up to 64 rows (a decoder's step; `python -m
+// benchmarks.cell_calls` on Zen 5, benchmarks/results/*-session11-cells.txt: LSTMCell calls
+// B1 H512 0.58x torch.nn's time, B16 H512 0.61x, B64 H1024 0.68x, where the same rows took
+// 1.00-1.05x with MKL, *-session10-cells.txt), and below the tiles' rows where W holds 1 MiB
+// or more (`python -m benchmarks.run --shapes 100,1,256,256`, the input projection's 100
+// rows: LSTM I=H=256 forward 0.80 -> 0.71 ms; an RNN's 256 KiB W_ih went 0.28 -> 0.34 ms:
+// MKL keeps those).
 // Not measured on an Intel CPU, where MKL takes faster paths of its own.
 constexpr int64_t kSmallRows = 64;
 template <typename T>
