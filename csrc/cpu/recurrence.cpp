@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "gradient_pool.h"
+#include "sequence_buffers.h"
 #include "kernels.h"
 #include "step_gemm.h"
 
@@ -433,21 +434,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   const at::Tensor c0c = lstm ? c0.contiguous() : at::Tensor();
   at::Tensor hs;
   if (!states_in_y) {
-    hs = at::empty({S, B, P}, opts);
+    hs = sequence_buffer({S, B, P}, opts);
     if (initial_in_slot) hs[0].copy_(h0);
   }
   at::Tensor cs;
   if (lstm) {
-    cs = at::empty({S, B, H}, opts);
+    cs = sequence_buffer({S, B, H}, opts);
     if (initial_in_slot) cs[0].copy_(c0);
   }
   const int64_t A = act_count(mode);
   // With the pair GEMM the activations are saved as bf16, as the caller keeps them.
-  const at::Tensor acts = need_saved && A ? at::empty({acts_recomputed ? 0 : nT, B, A * H},
-                                                     pairs ? x_.options() : opts)
+  const at::Tensor acts = need_saved && A ? sequence_buffer({acts_recomputed ? 0 : nT, B, A * H},
+                                                           pairs ? x_.options() : opts)
                                           : at::Tensor();
-  const at::Tensor ypre = proj ? at::empty({need_saved ? nT : 1, B, H}, opts) : at::Tensor();
-  at::Tensor y = at::empty({nT, B, P}, opts);
+  const at::Tensor ypre = proj ? sequence_buffer({need_saved ? nT : 1, B, H}, opts) : at::Tensor();
+  at::Tensor y = sequence_buffer({nT, B, P}, opts);
   const Kernels<T>& k = kernels<T>();
   const TilePlan plan = k.fwd_plan(mode, B, H);
   // One step outside a weights-unchanged scope (a cell called once per token): both GEMMs on
@@ -975,7 +976,8 @@ struct StepSums {
   void allocate(int64_t GH, int64_t I, int64_t P, bool steps) {
     const bool zero = len || !steps;
     const auto dx_opts = opts.dtype(x2.scalar_type());
-    dx = zero ? at::zeros({nT * B, I}, dx_opts) : at::empty({nT * B, I}, dx_opts);
+    dx = sequence_buffer({nT * B, I}, dx_opts);
+    if (zero) dx.zero_();
     // dW_ih and dW_hh in one block: freed together (autograd adds both into .grad, then
     // drops them) two blocks merge at the top of glibc's heap into twice its trim threshold
     // and are handed back to the kernel, to fault in anew at the next call: a loop of
@@ -1028,7 +1030,7 @@ std::vector<at::Tensor> backward_impl(
   const int64_t P = proj ? w_hr.size(0) : H;
   const auto opts = h0.options();  // x_, w_ih, saved and dy_ may be bf16 (backward_bf16)
   const at::Tensor x = x_.contiguous();
-  const at::Tensor dy = dy_.contiguous();
+  const at::Tensor dy = contiguous_sequence(dy_);
   const at::Tensor lengths = lengths_.defined() ? lengths_.contiguous() : lengths_;
   const int64_t* len = ptr<int64_t>(lengths);
 
@@ -1054,7 +1056,7 @@ std::vector<at::Tensor> backward_impl(
   StepSums<T> sums{mode, nT, B, H, reverse, len, x.view({nT * B, I}), w_ih, &sum_states,
                     proj && b_ih.defined(), opts};
 
-  at::Tensor dhs = proj ? at::empty({nT, B, P}, opts) : at::Tensor();
+  at::Tensor dhs = proj ? sequence_buffer({nT, B, P}, opts) : at::Tensor();
   const StepShape shape{nT, B, H, P, 0, reverse, len};
   std::optional<ActsRecompute<T>> acts_recompute;
   std::function<void(int64_t, int64_t, const at::Tensor&)> recompute_acts;
@@ -1142,7 +1144,7 @@ std::vector<at::Tensor> backward_bf16(
   }
   if (chunked) {
     half.chunked = true;
-    half.dy = dy.contiguous();
+    half.dy = contiguous_sequence(dy);
     if (mode == kLSTM) half.cs = saved[hs_at + 1];
   }
   return backward_impl<float>(mode, reverse, half_sums ? x.contiguous() : f32(x), f32(h0), f32(c0),
