@@ -13,6 +13,7 @@
 
 #include "kernels.h"
 #include "step_gemm.h"
+#include "sequence_buffers.h"
 #include "variant_kernels.h"
 
 namespace fused_rnn {
@@ -91,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
   const VariantKernels<T>& k = variant_kernels<T>();
 
   // The input-side slots: x W_ih^T of all steps (GRU without LN: in the first 3H of 4H).
-  at::Tensor P = at::empty({nT, B, s.p_ld}, opts);
+  at::Tensor P = sequence_buffer({nT, B, s.p_ld}, opts);
   at::Tensor P2 = P.view({nT * B, s.p_ld});
   at::Tensor P_in = P2.narrow(1, 0, GH);  // BLAS writes it in place (row stride p_ld)
   at::mm_out(P_in, x2, w.w_ih.t());
@@ -102,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
     T* rs = rstd_p.data_ptr<T>();
     at::parallel_for(0, nT * B, row_grain(GH), [&](int64_t r0, int64_t r1) { k.ln_rows(pp, GH, rs, r0, r1); });
     if (need_saved) {
-      rn = at::empty({nT, B, GH}, opts);
+      rn = sequence_buffer({nT, B, GH}, opts);
       rstd_r = at::empty({nT, B}, opts);
     }
   }
@@ -111,10 +112,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> forward_
 
   at::Tensor h = h0.contiguous().clone();
   at::Tensor c = s.lstm ? c0.contiguous().clone() : at::Tensor();
-  at::Tensor y = at::empty({nT, B, H}, opts);
+  at::Tensor y = sequence_buffer({nT, B, H}, opts);
   const bool states_in_y = !lengths.defined();
-  at::Tensor hs = need_saved && !states_in_y ? at::empty({nT, B, H}, opts) : at::Tensor();
-  at::Tensor cs = need_saved && s.lstm ? at::empty({nT, B, H}, opts) : at::Tensor();
+  at::Tensor hs = need_saved && !states_in_y ? sequence_buffer({nT, B, H}, opts) : at::Tensor();
+  at::Tensor cs = need_saved && s.lstm ? sequence_buffer({nT, B, H}, opts) : at::Tensor();
   at::Tensor r = at::empty({B, GH}, opts);
   const StepGemm<T> gemm(w.w_hh, /*transpose=*/true, B);  // r = h W_hh^T
 
@@ -181,7 +182,7 @@ std::vector<at::Tensor> backward_impl(
   const int64_t nT = s.T, B = s.B, H = s.H, GH = s.G * H;
   const auto opts = x_.options();
   const at::Tensor x2 = x_.contiguous().view({nT * B, s.I});
-  const at::Tensor dy = dy_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor dy = contiguous_sequence(dy_), h0 = h0_.contiguous();
   const VariantKernels<T>& k = variant_kernels<T>();
 
   size_t n = 0;
@@ -233,7 +234,9 @@ std::vector<at::Tensor> backward_impl(
   // Slots now hold gradients: the input side for dx and dW_ih, the hidden side for dW_hh.
   const at::Tensor P2 = P.view({nT * B, s.p_ld});
   const at::Tensor d_in = P2.narrow(1, 0, GH);
-  at::Tensor dx = at::mm(d_in, w.w_ih).view({nT, B, s.I});
+  at::Tensor dx = sequence_buffer({nT, B, s.I}, opts);
+  at::Tensor dx_rows = dx.view({nT * B, s.I});
+  at::mm_out(dx_rows, d_in, w.w_ih);
   at::Tensor dw_ih = at::mm(d_in.t(), x2);
   at::Tensor dw_hh = at::empty({GH, H}, opts);
   if (s.ln) {
