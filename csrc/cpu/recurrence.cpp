@@ -946,11 +946,15 @@ SumRows sum_rows(const at::Tensor& rows, const at::Tensor& x2, const States& hs,
   }
   r.D = rows.narrow(0, 0, R);
   r.natural = natural;
-  r.x = x2.index_select(0, natural);
+  // Without a ring the chunk is the whole sequence: these copies are sequence-sized.
+  r.x = sequence_buffer({R, x2.size(1)}, x2.options());
+  at::index_select_out(r.x, x2, 0, natural);
   if (leave_out) {
     TORCH_CHECK(!hs.in_y, "fused_rnn: internal: with lengths the states are saved apart from y");
     // Slot t of the saved states, row b: the state before loop step t, at row t * B + b.
-    r.h = hs.saved.view({-1, hs.saved.size(2)}).index_select(0, loop);
+    const at::Tensor states = hs.saved.view({-1, hs.saved.size(2)});
+    r.h = sequence_buffer({R, states.size(1)}, states.options());
+    at::index_select_out(r.h, states, 0, loop);
   }
   return r;
 }
