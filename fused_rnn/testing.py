@@ -64,3 +64,33 @@ def child_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
+
+
+_FAULT_COUNT = """
+import resource, torch, fused_rnn
+torch.set_num_threads(1)
+{setup}
+with fused_rnn.use_backend("cpu"):
+    for _ in range({warmup}):
+        {call}
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range({runs}):
+        {call}
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / {runs})
+"""
+
+
+def page_faults_per_call(setup: str, call: str, *, warmup: int, runs: int,
+                         env: Optional[dict] = None) -> float:
+    """Minor page faults per ``call`` (one line of code) in a fresh process on the cpu
+    backend, after ``warmup`` calls; ``setup`` (top-level code, no indent) defines what
+    ``call`` uses. Fresh, since what earlier tests freed sets glibc's thresholds."""
+    import subprocess
+    import sys
+
+    code = _FAULT_COUNT.format(setup=setup, call=call, warmup=warmup, runs=runs)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=env if env is not None else child_env(), timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"the fault-counting child failed:\n{r.stderr}")
+    return float(r.stdout.split()[-1])

@@ -13,7 +13,7 @@ from torch import nn
 
 import fused_rnn
 from fused_rnn import _native
-from fused_rnn.testing import child_env
+from fused_rnn.testing import child_env, page_faults_per_call
 
 pytestmark = pytest.mark.skipif(
     _native.cpu_available() is not None,
@@ -143,23 +143,10 @@ def _thp_mode():
         return None
 
 
-_FAULTS = """
-import resource, sys, torch, fused_rnn
-torch.set_num_threads(1)
-T, B, I, H = (int(a) for a in sys.argv[1:5])
+_LONG_LSTM = f"""
 torch.manual_seed(0)
-m = fused_rnn.LSTM(I, H)
-x = torch.randn(T, B, I, requires_grad=True)
-def step():
-    y, _ = m(x)
-    y.sum().backward()
-with fused_rnn.use_backend("cpu"):
-    for _ in range(2):
-        step()
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 3)
+m = fused_rnn.LSTM({I}, {H})
+x = torch.randn({T}, {B}, {I}, requires_grad=True)
 """
 
 
@@ -171,8 +158,5 @@ def test_a_long_sequence_step_does_not_fault_its_buffers_in_page_by_page():
     # (128 MiB), 57,344 pages of 4 KiB. Measured: 58k-59k faults per step with
     # FUSED_RNN_CPU_HUGE_PAGES=0, 0.8k-2.3k with huge pages (3 fresh processes each).
     pages = (3 * 32 + 128) * 2 ** 20 // os.sysconf("SC_PAGE_SIZE")
-    r = subprocess.run([sys.executable, "-c", _FAULTS, str(T), str(B), str(I), str(H)],
-                       capture_output=True, text=True, env=child_env(), timeout=300)
-    assert r.returncode == 0, r.stderr
-    faults = float(r.stdout.split()[-1])
+    faults = page_faults_per_call(_LONG_LSTM, "m(x)[0].sum().backward()", warmup=2, runs=3)
     assert faults < 0.1 * pages, f"{faults:.0f} page faults per step, of {pages} pages"

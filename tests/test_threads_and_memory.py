@@ -2,7 +2,6 @@
 are those of a serial run) and no memory growth over many training steps."""
 
 import os
-import subprocess
 import sys
 import threading
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 import fused_rnn
+from fused_rnn.testing import page_faults_per_call
 
 
 def _step(m, x):
@@ -100,10 +100,8 @@ def test_cpu_weight_gradients_of_a_call_are_one_block():
     assert m.weight_ih.grad.data_ptr() != m.weight_hh.grad.data_ptr()
 
 
-_FAULTS = """
-import resource, sys, torch, fused_rnn
-torch.set_num_threads(1)
-B, H = int(sys.argv[1]), int(sys.argv[2])
+_CELL_LOOP = """
+B, H = {B}, {H}
 fused = fused_rnn.LSTMCell(H, H)
 x = torch.randn(B, H, requires_grad=True)
 
@@ -115,14 +113,6 @@ def loop():
     sum(o.sum() for o in outs).backward()
     for p in fused.parameters():
         p.grad = None
-
-with fused_rnn.use_backend("cpu"):
-    for _ in range(3):
-        loop()
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        loop()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
 """
 
 
@@ -139,12 +129,8 @@ def test_cpu_cell_training_loop_does_not_fault_its_weight_gradients_back_in(B, H
     # threshold, so mapped per call) 65k-90k, as two 7k-69k, pooled 3.3k-7.8k, torch.nn
     # 15k-20k.
     pages = 10 * 2 * (4 * H * H * 4) // os.sysconf("SC_PAGE_SIZE")
-    counts = []
-    for _ in range(3):
-        r = subprocess.run([sys.executable, "-c", _FAULTS, str(B), str(H)], capture_output=True,
-                           text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        counts.append(float(r.stdout.split()[-1]))
+    counts = [page_faults_per_call(_CELL_LOOP.format(B=B, H=H), "loop()", warmup=3, runs=10)
+              for _ in range(3)]
     assert sorted(counts)[1] < 0.25 * pages, f"page faults per loop: {counts} of {pages} pages"
 
 
