@@ -626,29 +626,66 @@ struct ActsRecompute {
     if (mode == kLSTM) c_scratch = at::empty({s.B, s.H}, x.options());
   }
 
-  // Steps [t0, t1) into da's slots [0, t1 - t0).
+  // Steps [t0, t1) into da's slots [0, t1 - t0). Given the saved states the steps are
+  // independent: without lengths, the chunk's steps run as one step of all their rows, so
+  // the tiles read each weight panel once per group of rows rather than once per step (one
+  // step's rows, B=32 at I=H=1024, stream all 32 MiB of [W_ih | W_hh] for 32 rows). The
+  // states before the chunk's steps lie one after another (saved slots, or y) except h0.
   void operator()(int64_t t0, int64_t t1, const at::Tensor& da) {
+    int64_t t = t0;
+    if (shape.lengths) {
+      for (; t < t1; ++t) run(t, 1, da, t0);
+      return;
+    }
+    if (t == 0 && hs->in_y) run(t++, 1, da, t0);
+    if (t < t1) run(t, t1 - t, da, t0);
+  }
+
+ private:
+  std::vector<T> x_rows;  // the reverse direction's inputs of a run, in loop order
+
+  // Steps [t, t + n) as one step of n * B rows (n > 1 without lengths only).
+  void run(int64_t t, int64_t n, const at::Tensor& da, int64_t t0) {
     const Kernels<T>& k = kernels<T>();
     const bool lstm = mode == kLSTM;
-    for (int64_t t = t0; t < t1; ++t) {
-      FwdStep<T> a{};
-      a.s = shape;
-      a.s.t = t;
-      a.w = ptr<T>(w_packed);
-      a.x = x.data_ptr<T>();
-      a.I = x.size(2);
-      a.bias = ptr<T>(bias.bias);
-      a.b_hn = ptr<T>(bias.b_hn);
-      a.h_prev = hs->template at_step<T>(t);
-      a.h_new = h_scratch.data_ptr<T>();
-      a.c_prev = lstm ? slot<T>(cs, t) : nullptr;
-      a.c_new = lstm ? c_scratch.data_ptr<T>() : nullptr;
-      a.acts = slot<T>(da, t - t0);
-      a.rows = active.at(t);
-      a.plan = covering(plan, a.rows.n);
-      for_items(a.plan.items(), item_flops(a.plan, a.I + shape.P),
-                [&](int64_t i0, int64_t i1) { k.fwd(mode, a, i0, i1); });
+    const int64_t B = shape.B, I = x.size(2), R = n * B;
+    if (h_scratch.size(0) < R) {
+      h_scratch = at::empty({R, shape.H}, x.options());
+      if (lstm) c_scratch = at::empty({R, shape.H}, x.options());
     }
+    FwdStep<T> a{};
+    a.s = shape;
+    a.s.t = t;
+    a.x = x.data_ptr<T>();
+    if (n > 1) {
+      a.s.T = 1;
+      a.s.B = R;
+      a.s.t = 0;
+      a.s.reverse = false;
+      if (shape.reverse) {  // loop step t + i reads natural step T - 1 - (t + i)
+        x_rows.resize(static_cast<size_t>(R * I));
+        for (int64_t i = 0; i < n; ++i) {
+          std::memcpy(x_rows.data() + i * B * I, a.x + (shape.T - 1 - t - i) * B * I,
+                      sizeof(T) * B * I);
+        }
+        a.x = x_rows.data();
+      } else {
+        a.x += t * B * I;
+      }
+    }
+    a.w = ptr<T>(w_packed);
+    a.I = I;
+    a.bias = ptr<T>(bias.bias);
+    a.b_hn = ptr<T>(bias.b_hn);
+    a.h_prev = hs->template at_step<T>(t);
+    a.h_new = h_scratch.data_ptr<T>();
+    a.c_prev = lstm ? slot<T>(cs, t) : nullptr;
+    a.c_new = lstm ? c_scratch.data_ptr<T>() : nullptr;
+    a.acts = slot<T>(da, t - t0);
+    a.rows = n > 1 ? ActiveRows{nullptr, R} : active.at(t);
+    a.plan = covering(plan, a.rows.n);
+    for_items(a.plan.items(), item_flops(a.plan, a.I + shape.P),
+              [&](int64_t i0, int64_t i1) { k.fwd(mode, a, i0, i1); });
   }
 };
 
