@@ -56,6 +56,19 @@ def test_an_output_resizes_like_torch_nn_s():
     assert torch.equal(y[0], first)
 
 
+def test_an_output_saves_loads_and_moves_to_shared_memory():
+    import io
+
+    y, _, _, _ = _forward_op(torch.randn(T, B, I))
+    want = y.clone()
+    buf = io.BytesIO()
+    torch.save(y, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf), want)
+    y.share_memory_()  # what a DataLoader worker does with what it returns
+    assert y.is_shared() and torch.equal(y, want)
+
+
 @pytest.mark.parametrize("cls, bidirectional, packed", [
     (torch.nn.LSTM, False, False), (torch.nn.GRU, False, False),
     (torch.nn.LSTM, True, False), (torch.nn.GRU, True, True)])
