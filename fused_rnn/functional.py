@@ -320,7 +320,7 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     _check_weights([[w]], x, mode)
     B, H = x.shape[0], w_hh.shape[1]
     if hx is None:
-        h0, c0 = x.new_zeros(B, H), (x.new_zeros(B, H) if mode == LSTM else None)
+        h0, c0 = _zero_state(mode, x, H)
     else:
         if mode == LSTM and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError("hx for LSTMCell must be a tuple (h, c) of two tensors")
@@ -337,6 +337,12 @@ def cell(mode: str, input: torch.Tensor, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     if unbatched:
         h, c = h[0], (c[0] if c is not None else None)
     return (h, c) if mode == LSTM else h
+
+
+def _zero_state(mode: str, x: torch.Tensor, H: int):
+    """torch.nn's missing cell state for x [B, I]: ``(h0, c0 or None)``, zeros of x's dtype."""
+    B = x.shape[0]
+    return x.new_zeros(B, H), (x.new_zeros(B, H) if mode == LSTM else None)
 
 
 def _cell_checked_by_the_op(mode: str, input, hx, w: LayerWeights):
@@ -361,8 +367,7 @@ def _cell_checked_by_the_op(mode: str, input, hx, w: LayerWeights):
         if step is None:
             return None
         if hx is None:
-            h0 = input.new_zeros(input.shape[0], w.w_hh.shape[1])
-            c0 = input.new_zeros(input.shape[0], w.w_hh.shape[1]) if mode == LSTM else None
+            h0, c0 = _zero_state(mode, input, w.w_hh.shape[1])
         h, c = step(mode, input, h0, c0, w)
     except (RuntimeError, TypeError, AttributeError, IndexError):
         return None

@@ -622,8 +622,6 @@ struct ActsRecompute {
         hs(&hs_), cs(cs_), plan(kernels<T>().fwd_plan(mode_, s.B, s.H)),
         active(s.T, s.B, s.lengths) {
     w_packed = pack_fwd<T>({w_ih, w_hh}, gate_count(mode), plan);
-    h_scratch = at::empty({s.B, s.H}, x.options());
-    if (mode == kLSTM) c_scratch = at::empty({s.B, s.H}, x.options());
   }
 
   // Steps [t0, t1) into da's slots [0, t1 - t0). Given the saved states the steps are
@@ -650,7 +648,7 @@ struct ActsRecompute {
     const Kernels<T>& k = kernels<T>();
     const bool lstm = mode == kLSTM;
     const int64_t B = shape.B, I = x.size(2), R = n * B;
-    if (h_scratch.size(0) < R) {
+    if (!h_scratch.defined() || h_scratch.size(0) < R) {
       h_scratch = at::empty({R, shape.H}, x.options());
       if (lstm) c_scratch = at::empty({R, shape.H}, x.options());
     }
@@ -985,14 +983,11 @@ SumRows sum_rows(const at::Tensor& rows, const at::Tensor& x2, const States& hs,
   r.D = rows.narrow(0, 0, R);
   r.natural = natural;
   // Without a ring the chunk is the whole sequence: these copies are sequence-sized.
-  r.x = sequence_buffer({R, x2.size(1)}, x2.options());
-  at::index_select_out(r.x, x2, 0, natural);
+  r.x = gathered_rows(x2, natural);
   if (leave_out) {
     TORCH_CHECK(!hs.in_y, "fused_rnn: internal: with lengths the states are saved apart from y");
     // Slot t of the saved states, row b: the state before loop step t, at row t * B + b.
-    const at::Tensor states = hs.saved.view({-1, hs.saved.size(2)});
-    r.h = sequence_buffer({R, states.size(1)}, states.options());
-    at::index_select_out(r.h, states, 0, loop);
+    r.h = gathered_rows(hs.saved.view({-1, hs.saved.size(2)}), loop);
   }
   return r;
 }

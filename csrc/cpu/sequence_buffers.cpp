@@ -93,5 +93,11 @@ at::Tensor contiguous_sequence(const at::Tensor& t) {
   return out;
 }
 
+at::Tensor gathered_rows(const at::Tensor& src, const at::Tensor& index) {
+  at::Tensor out = sequence_buffer({index.size(0), src.size(1)}, src.options());
+  at::index_select_out(out, src, 0, index);
+  return out;
+}
+
 }  // namespace cpu
 }  // namespace fused_rnn

@@ -20,5 +20,8 @@ at::Tensor sequence_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts)
 // t itself when contiguous, else a contiguous copy in a sequence_buffer.
 at::Tensor contiguous_sequence(const at::Tensor& t);
 
+// src's rows `index` (int64), gathered into a sequence_buffer (src.index_select(0, index)).
+at::Tensor gathered_rows(const at::Tensor& src, const at::Tensor& index);
+
 }  // namespace cpu
 }  // namespace fused_rnn

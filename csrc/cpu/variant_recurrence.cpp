@@ -12,8 +12,8 @@
 #include <algorithm>
 
 #include "kernels.h"
-#include "step_gemm.h"
 #include "sequence_buffers.h"
+#include "step_gemm.h"
 #include "variant_kernels.h"
 
 namespace fused_rnn {
